@@ -1,0 +1,330 @@
+// One live agent for one group. The Agent SDK's query() runs here, in the orchestrator, with
+// streaming input so follow-ups join the live session; through spawnClaudeCodeProcess it starts
+// the Claude Code CLI inside the group's sandbox. Everything the CLI sends back is untrusted.
+//
+// Bookkeeping: `delivered` is the highest message id handed to the agent. A reply is committed to
+// the outbox together with the cursor moving to `delivered` (one transaction), so after a crash a
+// batch is either answered and marked or neither. A turn that ends without any text still marks
+// its batch processed.
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { query, type SDKMessage, type SDKUserMessage, type SpawnOptions } from '@anthropic-ai/claude-agent-sdk';
+import type { Config } from './config.js';
+import { type ModelCredential, openModelSocket } from './credential-proxy.js';
+import type { Db, Group } from './db.js';
+import type { AgentHooks, AgentOutcome, LiveAgent } from './group-queue.js';
+import type { Logger } from './log.js';
+import { GUEST, groupMounts, groupPaths } from './mounts.js';
+import { cleanOutput, formatPrompt, needsWake } from './router.js';
+import type { Sandbox } from './sandbox/index.js';
+
+/** Claude Code tuning variables an operator may pass through to the sandboxed CLI. */
+export const PASS_THROUGH_ENV = ['CLAUDE_CODE_MAX_RETRIES', 'API_TIMEOUT_MS'] as const;
+const MAX_REPLY_CHARS = 40_000;
+
+export interface SessionDeps {
+  config: Config;
+  db: Db;
+  sandbox: Sandbox;
+  credential: ModelCredential;
+  log: Logger;
+  now: () => number;
+  passEnv: Readonly<Record<string, string>>;
+  /** Called after a reply was committed to the outbox. */
+  replied: (chatJid: string) => void;
+  working: (chatJid: string, working: boolean) => void;
+  setTimer: (fn: () => void, ms: number) => unknown;
+  clearTimer: (t: unknown) => void;
+}
+
+/** An AsyncIterable the SDK reads prompts from; `end()` closes the session's input. */
+class Inbox implements AsyncIterable<SDKUserMessage> {
+  private items: SDKUserMessage[] = [];
+  private waiter: ((r: IteratorResult<SDKUserMessage>) => void) | undefined;
+  private ended = false;
+
+  push(text: string): void {
+    const msg: SDKUserMessage = {
+      type: 'user',
+      message: { role: 'user', content: text },
+      parent_tool_use_id: null,
+    } as SDKUserMessage;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = undefined;
+      w({ value: msg, done: false });
+    } else this.items.push(msg);
+  }
+
+  end(): void {
+    this.ended = true;
+    if (this.waiter) this.waiter({ value: undefined, done: true });
+    this.waiter = undefined;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<SDKUserMessage> {
+    return {
+      next: () => {
+        const item = this.items.shift();
+        if (item) return Promise.resolve({ value: item, done: false });
+        if (this.ended) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve) => {
+          this.waiter = resolve;
+        });
+      },
+    };
+  }
+}
+
+export function systemPromptFor(config: Config, group: Group): string {
+  return [
+    `You are ${config.assistantName}, a personal assistant in the chat "${group.name}".`,
+    'Chat messages reach you as <messages> with one <message sender="…" time="…"> per message.',
+    'Your text replies are sent to the chat as they are written; keep them short and plain.',
+    'Wrap anything the chat should not see in <internal>…</internal>.',
+    `Your files live in ${GUEST.group} (your working directory, kept between conversations); its CLAUDE.md is your memory.`,
+    `Shared notes are in ${GUEST.global} (read-only).`,
+  ].join('\n');
+}
+
+export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: AgentHooks): LiveAgent {
+  const { config, db, log } = deps;
+  const initial = db.group(groupJid);
+  if (!initial) return { wake: () => false, close() {}, kill() {}, done: Promise.resolve({ ok: true }) };
+  const group: Group = initial;
+  const inbox = new Inbox();
+  const abort = new AbortController();
+  let delivered = group.cursor;
+  let busy = false;
+  let closing = false;
+  let killed = false;
+  let turnAnswered = false;
+  let runId: number | undefined;
+  let lastTotalCost = 0;
+  let sessionId = db.session(group.folder);
+  let idleTimer: unknown;
+  let silenceTimer: unknown;
+  let child: ReturnType<Sandbox['spawn']> | undefined;
+  let stderrTail = '';
+
+  /** Formats and hands over what arrived since `delivered`, if it should wake the agent. */
+  function takeWork(): boolean {
+    const current = db.group(groupJid);
+    if (!current) return false;
+    const pending = db.messagesAfter(groupJid, delivered).filter((m) => !m.fromMe);
+    if (pending.length === 0 || !needsWake(pending, current)) return false;
+    inbox.push(formatPrompt(pending, { timezone: config.timezone }));
+    delivered = pending[pending.length - 1]?.id ?? delivered;
+    return true;
+  }
+
+  function beginTurn(): void {
+    busy = true;
+    turnAnswered = false;
+    deps.clearTimer(idleTimer);
+    runId = db.startRun(group.folder, groupJid, deps.now());
+    deps.working(groupJid, true);
+    armSilence();
+  }
+
+  function armSilence(): void {
+    deps.clearTimer(silenceTimer);
+    silenceTimer = deps.setTimer(() => {
+      log.warn(`group ${group.folder}: no output for ${config.agentTimeoutMs} ms, killing the agent`);
+      kill();
+    }, config.agentTimeoutMs);
+  }
+
+  function kill(): void {
+    killed = true;
+    closing = true;
+    inbox.end();
+    child?.kill('SIGKILL');
+    abort.abort();
+  }
+
+  function close(): void {
+    if (closing) return;
+    closing = true;
+    deps.clearTimer(idleTimer);
+    inbox.end();
+  }
+
+  function endTurn(result: { status: 'ok' | 'error'; input: number; output: number; cost: number; error?: string }) {
+    if (runId !== undefined) {
+      db.finishRun(runId, {
+        now: deps.now(),
+        status: result.status,
+        inputTokens: result.input,
+        outputTokens: result.output,
+        costUsd: result.cost,
+        ...(sessionId ? { sessionId } : {}),
+        ...(result.error ? { error: result.error } : {}),
+      });
+    }
+    runId = undefined;
+    busy = false;
+    deps.clearTimer(silenceTimer);
+    deps.working(groupJid, false);
+  }
+
+  function handle(msg: SDKMessage): void {
+    if (busy) armSilence();
+    if (msg.type === 'system' && msg.subtype === 'init') {
+      if (msg.session_id && msg.session_id !== sessionId) {
+        sessionId = msg.session_id;
+        db.setSession(group.folder, sessionId, deps.now());
+      }
+      return;
+    }
+    if (msg.type === 'assistant' && msg.parent_tool_use_id === null) {
+      for (const block of msg.message.content) {
+        if (block.type !== 'text') continue;
+        let text = cleanOutput(block.text);
+        if (text === '') continue;
+        if (text.length > MAX_REPLY_CHARS) {
+          log.warn(`group ${group.folder}: reply of ${text.length} characters cut to ${MAX_REPLY_CHARS}`);
+          text = `${text.slice(0, MAX_REPLY_CHARS)}\n[… reply cut: ${text.length - MAX_REPLY_CHARS} characters left out]`;
+        }
+        db.enqueueReply({ chatJid: groupJid, text, cursor: delivered, now: deps.now() });
+        turnAnswered = true;
+        deps.replied(groupJid);
+      }
+      return;
+    }
+    if (msg.type === 'result') {
+      const cost = Math.max(0, msg.total_cost_usd - lastTotalCost);
+      lastTotalCost = msg.total_cost_usd;
+      const error = msg.is_error ? resultError(msg) : undefined;
+      if (!error && !turnAnswered) db.advanceCursor(groupJid, delivered);
+      endTurn({
+        status: error ? 'error' : 'ok',
+        input: msg.usage.input_tokens,
+        output: msg.usage.output_tokens,
+        cost,
+        ...(error ? { error } : {}),
+      });
+      // More queued input means the CLI starts another turn at once.
+      if ((msg.queued_turn_count ?? 0) > 0 && !closing) {
+        beginTurn();
+        return;
+      }
+      if (!closing) {
+        hooks.idle();
+        idleTimer = deps.setTimer(() => {
+          log.info(`group ${group.folder}: idle for ${config.idleTimeoutMs} ms, closing the agent`);
+          close();
+        }, config.idleTimeoutMs);
+      }
+    }
+  }
+
+  function spawnInSandbox(o: SpawnOptions) {
+    const sdkEnv = Object.fromEntries(
+      Object.entries(o.env).filter(
+        (e): e is [string, string] =>
+          (e[0].startsWith('CLAUDE_CODE_ENTRYPOINT') || e[0] === 'CLAUDE_AGENT_SDK_VERSION') && e[1] !== undefined,
+      ),
+    );
+    child = deps.sandbox.spawn({
+      command: o.command,
+      args: o.args,
+      cwd: GUEST.group,
+      mounts: groupMounts(config, group.folder, runDir),
+      env: {
+        PATH: '/usr/local/bin:/usr/bin:/bin',
+        HOME: GUEST.home,
+        USER: 'agent',
+        SHELL: '/bin/bash',
+        LANG: 'C.UTF-8',
+        TZ: config.timezone,
+        TMPDIR: '/tmp',
+        CLAUDE_CODE_TMPDIR: '/tmp',
+        CLAUDE_CONFIG_DIR: `${GUEST.home}/.claude`,
+        ANTHROPIC_UNIX_SOCKET: `${GUEST.run}/api.sock`,
+        ANTHROPIC_BASE_URL: 'http://localhost',
+        ANTHROPIC_API_KEY: token,
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
+        DISABLE_TELEMETRY: '1',
+        DISABLE_AUTOUPDATER: '1',
+        ...deps.passEnv,
+        ...sdkEnv,
+      },
+    });
+    child.stderr?.on('data', (d: Buffer) => {
+      stderrTail = (stderrTail + d.toString('utf8')).slice(-2000);
+    });
+    return child;
+  }
+
+  const runDir = path.join(config.dataDir, 'run', `${group.folder}-${process.pid}-${Date.now().toString(36)}`);
+  let token = '';
+
+  async function run(): Promise<AgentOutcome> {
+    if (!takeWork()) return { ok: true };
+    beginTurn();
+    const p = groupPaths(config, group.folder);
+    mkdirSync(path.join(p.home, '.claude'), { recursive: true });
+    const socket = await openModelSocket({
+      dir: runDir,
+      upstream: config.anthropicBaseUrl,
+      credential: deps.credential,
+      onError: (m) => log.warn(`group ${group.folder}: ${m}`),
+    });
+    token = socket.token;
+    try {
+      const q = query({
+        prompt: inbox,
+        options: {
+          cwd: p.group,
+          ...(sessionId ? { resume: sessionId } : {}),
+          ...(config.model ? { model: config.model } : {}),
+          env: {},
+          settingSources: ['project'],
+          settings: { skipWebFetchPreflight: true },
+          permissionMode: 'bypassPermissions',
+          allowDangerouslySkipPermissions: true,
+          systemPrompt: { type: 'preset', preset: 'claude_code', append: systemPromptFor(config, group) },
+          abortController: abort,
+          spawnClaudeCodeProcess: spawnInSandbox,
+        },
+      });
+      for await (const msg of q) handle(msg);
+      if (busy) endTurn({ status: 'error', input: 0, output: 0, cost: 0, error: 'agent ended mid-turn' });
+      return killed && !turnAnswered ? { ok: false, error: 'agent timed out' } : { ok: true };
+    } catch (err) {
+      const message = `${(err as Error).message}${stderrTail ? ` (stderr: ${stderrTail.trim().slice(-300)})` : ''}`;
+      const answered = turnAnswered;
+      if (busy) endTurn({ status: 'error', input: 0, output: 0, cost: 0, error: message });
+      if (/No conversation found/i.test(message)) db.clearSession(group.folder);
+      log.warn(`group ${group.folder}: agent failed: ${message}`);
+      // A turn that already answered, or a close we asked for, is not a failure to retry.
+      return answered || (closing && !killed) ? { ok: true } : { ok: false, error: firstLine(message) };
+    } finally {
+      deps.clearTimer(idleTimer);
+      deps.clearTimer(silenceTimer);
+      child?.kill('SIGKILL');
+      await socket.close();
+    }
+  }
+
+  return {
+    wake(): boolean {
+      if (closing) return false;
+      if (takeWork() && !busy) beginTurn();
+      return true;
+    },
+    close,
+    kill,
+    done: run(),
+  };
+}
+
+function resultError(msg: Extract<SDKMessage, { type: 'result' }>): string {
+  if (msg.subtype === 'success') return firstLine(msg.result || 'the model returned an error');
+  return firstLine(msg.errors?.join('; ') || msg.subtype);
+}
+
+function firstLine(s: string): string {
+  return (s.split('\n')[0] ?? '').slice(0, 300);
+}

@@ -1,0 +1,49 @@
+// What every channel is to the orchestrator: a way in (it calls `ingest` for each platform
+// message) and a way out (`send` for each outbox row, `setWorking` for the typing indicator).
+
+export interface InboundMessage {
+  /** `<channel>:<id>`, e.g. `web:main`, `discord:123`. */
+  chatJid: string;
+  chatName: string;
+  /** The platform's message id (or the web client's id): unique per chat, makes ingest idempotent. */
+  platformId: string;
+  sender: string;
+  senderName: string;
+  text: string;
+  at: number;
+  isBot?: boolean;
+  fromMe?: boolean;
+}
+
+export interface OutboundMessage {
+  outboxId: number;
+  chatJid: string;
+  text: string;
+  sender?: string;
+  replyTo?: string;
+}
+
+export interface Channel {
+  readonly name: string;
+  owns(chatJid: string): boolean;
+  start(): Promise<void>;
+  /** Stops taking messages in; sends may still happen until `close`. */
+  stop(): Promise<void>;
+  send(msg: OutboundMessage): Promise<{ platformId?: string }>;
+  setWorking(chatJid: string, working: boolean): void;
+}
+
+export type IngestResult = { stored: true; id: number; duplicate: boolean } | { stored: false; reason: string };
+
+/** Thrown by `send` with a hint for the outbox's backoff (e.g. a 429's retry_after). */
+export class ChannelError extends Error {
+  override name = 'ChannelError';
+  constructor(
+    message: string,
+    readonly retryAfterMs?: number,
+    readonly permanent = false,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}

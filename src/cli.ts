@@ -1,0 +1,156 @@
+#!/usr/bin/env node
+// The `nanoclaw` command. Every command but `start` works on the store directly (creating and
+// migrating it), so it needs no running orchestrator; a running one reads groups from the store
+// on every message, so changes take effect without a restart.
+import { realpathSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from './config.js';
+import { type Db, type Group, openDb } from './db.js';
+import { folderFromName, folderProblem } from './mounts.js';
+import { triggerFor } from './router.js';
+
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+const HELP = `nanoclaw — a personal Claude assistant in your chat apps
+
+Usage:
+  nanoclaw start                      run the assistant (web chat on WEB_HOST:WEB_PORT)
+  nanoclaw groups list [--json]       registered chats
+  nanoclaw groups add <chat> --name <name> [--folder <folder>] [--trigger <@word>] [--no-trigger] [--main]
+                                      register a chat (chat ids: web:main, discord:<channel id>)
+  nanoclaw groups remove <chat|folder>
+  nanoclaw --help
+
+Configuration comes from $NANOCLAW_HOME/.env and the environment (see README).`;
+
+const CHAT = /^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.@-]{1,128}$/;
+
+export function findGroup(db: Db, ref: string): Group | undefined {
+  return db.group(ref) ?? db.groupByFolder(ref);
+}
+
+function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: string) => void): void {
+  const [sub, ...rest] = args;
+  if (sub === 'list') {
+    const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true });
+    const groups = db.groups();
+    if (values.json) return out(JSON.stringify(groups, null, 2));
+    for (const g of groups) {
+      const wake = g.isMain ? 'main, every message' : g.requiresTrigger ? `trigger ${g.trigger}` : 'every message';
+      out(`${g.jid}\t${g.folder}\t${g.name}\t(${wake})`);
+    }
+    return;
+  }
+  if (sub === 'add') {
+    const { values, positionals } = parseArgs({
+      args: rest,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        name: { type: 'string' },
+        folder: { type: 'string' },
+        trigger: { type: 'string' },
+        'no-trigger': { type: 'boolean' },
+        main: { type: 'boolean' },
+      },
+    });
+    const chat = positionals[0];
+    if (!chat || positionals.length > 1) throw new UsageError('groups add takes exactly one chat id');
+    if (!CHAT.test(chat)) throw new UsageError(`"${chat}" is not a chat id like discord:123456789 or web:main`);
+    if (!values.name?.trim()) throw new UsageError('groups add needs --name <name>');
+    if (values.trigger !== undefined && values['no-trigger']) {
+      throw new UsageError('--trigger and --no-trigger exclude each other');
+    }
+    const folder = values.folder ?? folderFromName(values.name);
+    const problem = folderProblem(folder);
+    if (problem) throw new UsageError(problem);
+    if (db.group(chat)) throw new UsageError(`${chat} is already registered (remove it first)`);
+    const owner = db.groupByFolder(folder);
+    if (owner) throw new UsageError(`folder "${folder}" already belongs to ${owner.jid}: choose --folder`);
+    const trigger = values.trigger ?? triggerFor(assistantName);
+    if (!/^@?[\p{L}\p{N}_-]{1,32}$/u.test(trigger)) {
+      throw new UsageError(`trigger "${trigger}" must be a word like @${assistantName}`);
+    }
+    const isMain = values.main ?? false;
+    const g = db.addGroup(
+      {
+        jid: chat,
+        name: values.name.trim(),
+        folder,
+        trigger: trigger.startsWith('@') ? trigger : `@${trigger}`,
+        requiresTrigger: !isMain && !values['no-trigger'],
+        isMain,
+      },
+      Date.now(),
+    );
+    return out(`registered ${g.jid} as "${g.name}" in groups/${g.folder}`);
+  }
+  if (sub === 'remove') {
+    const ref = rest[0];
+    if (!ref || rest.length > 1) throw new UsageError('groups remove takes exactly one chat id or folder');
+    const g = findGroup(db, ref);
+    if (!g) throw new UsageError(`no registered group ${ref}`);
+    if (g.jid === 'web:main') throw new UsageError('web:main is always served: it cannot be removed');
+    db.removeGroup(g.jid);
+    return out(`removed ${g.jid} (its folder groups/${g.folder} is kept)`);
+  }
+  throw new UsageError(`unknown command "groups ${sub ?? ''}": try nanoclaw --help`);
+}
+
+/** Runs one command; returns the exit code. Output goes through `out`/`err`. */
+export async function runCli(
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<number> {
+  const [cmd, ...args] = argv;
+  if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help' || args.includes('--help')) {
+    out(HELP);
+    return cmd === undefined ? 1 : 0;
+  }
+  try {
+    if (cmd === 'start') {
+      const { main } = await import('./index.js');
+      await main();
+      return 0;
+    }
+    if (cmd !== 'groups') throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
+    const config = loadConfig(env);
+    const db = openDb(path.join(config.storeDir, 'messages.db'));
+    try {
+      groupsCommand(db, args, config.assistantName, out);
+    } finally {
+      db.close();
+    }
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError || e instanceof ConfigError) err(`nanoclaw: ${e.message}`);
+    else if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) err(`nanoclaw: ${(e as Error).message}`);
+    else err(`nanoclaw: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
+function invokedDirectly(): boolean {
+  try {
+    return !!process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+  } catch {
+    return false; // argv[1] is not a file (e.g. node -e): imported, not run
+  }
+}
+
+if (invokedDirectly()) {
+  runCli(
+    process.argv.slice(2),
+    process.env,
+    (s) => process.stdout.write(`${s}\n`),
+    (s) => process.stderr.write(`${s}\n`),
+  ).then((code) => {
+    if (code !== 0) process.exitCode = code;
+  });
+}

@@ -1,0 +1,391 @@
+// The store: SQLite in WAL mode, numbered migrations on PRAGMA user_version, typed queries.
+// Rows become camelCase objects here and nowhere else. Cursors are message row ids, never times.
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+
+export interface Group {
+  jid: string;
+  name: string;
+  folder: string;
+  trigger: string;
+  requiresTrigger: boolean;
+  isMain: boolean;
+  cursor: number;
+  createdAt: number;
+}
+
+export interface StoredMessage {
+  id: number;
+  chatJid: string;
+  platformId: string;
+  sender: string;
+  senderName: string;
+  text: string;
+  at: number;
+  isBot: boolean;
+  fromMe: boolean;
+}
+
+export interface OutboxRow {
+  id: number;
+  chatJid: string;
+  text: string;
+  sender: string | null;
+  replyTo: string | null;
+  status: 'pending' | 'sent' | 'failed';
+  attempts: number;
+  nextAttemptAt: number;
+  createdAt: number;
+}
+
+export interface RunRow {
+  id: number;
+  groupFolder: string;
+  chatJid: string;
+  startedAt: number;
+  endedAt: number | null;
+  status: 'running' | 'ok' | 'error';
+  inputTokens: number;
+  outputTokens: number;
+  costUsd: number;
+  error: string | null;
+}
+
+export type NewMessage = Omit<StoredMessage, 'id'>;
+export type NewGroup = Omit<Group, 'cursor' | 'createdAt'>;
+
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE chats (
+    jid TEXT PRIMARY KEY, name TEXT NOT NULL, channel TEXT NOT NULL, seen_at INTEGER NOT NULL
+  );
+  CREATE TABLE groups (
+    jid TEXT PRIMARY KEY, name TEXT NOT NULL, folder TEXT NOT NULL UNIQUE,
+    trigger TEXT NOT NULL, requires_trigger INTEGER NOT NULL, is_main INTEGER NOT NULL,
+    cursor INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL
+  );
+  CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, chat_jid TEXT NOT NULL, platform_id TEXT NOT NULL,
+    sender TEXT NOT NULL, sender_name TEXT NOT NULL, text TEXT NOT NULL, at INTEGER NOT NULL,
+    is_bot INTEGER NOT NULL DEFAULT 0, from_me INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (chat_jid, platform_id)
+  );
+  CREATE INDEX messages_chat ON messages (chat_jid, id);
+  CREATE TABLE sessions (
+    group_folder TEXT PRIMARY KEY, session_id TEXT NOT NULL, updated_at INTEGER NOT NULL
+  );
+  CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, chat_jid TEXT NOT NULL, text TEXT NOT NULL,
+    sender TEXT, reply_to TEXT, status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, sent_at INTEGER, platform_id TEXT, error TEXT
+  );
+  CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+  CREATE INDEX outbox_chat ON outbox (chat_jid, id);
+  CREATE TABLE runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, group_folder TEXT NOT NULL, chat_jid TEXT NOT NULL,
+    started_at INTEGER NOT NULL, ended_at INTEGER, status TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0, session_id TEXT, error TEXT
+  );
+  INSERT INTO chats (jid, name, channel, seen_at) VALUES ('web:main', 'Web chat', 'web', 0);
+  INSERT INTO groups (jid, name, folder, trigger, requires_trigger, is_main, created_at)
+    VALUES ('web:main', 'Web chat', 'main', '', 0, 1, 0);
+  `,
+];
+
+type Row = Record<string, unknown>;
+const num = (v: unknown): number => Number(v ?? 0);
+const str = (v: unknown): string => String(v ?? '');
+const strOrNull = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+
+const toGroup = (r: Row): Group => ({
+  jid: str(r.jid),
+  name: str(r.name),
+  folder: str(r.folder),
+  trigger: str(r.trigger),
+  requiresTrigger: r.requires_trigger === 1,
+  isMain: r.is_main === 1,
+  cursor: num(r.cursor),
+  createdAt: num(r.created_at),
+});
+const toMessage = (r: Row): StoredMessage => ({
+  id: num(r.id),
+  chatJid: str(r.chat_jid),
+  platformId: str(r.platform_id),
+  sender: str(r.sender),
+  senderName: str(r.sender_name),
+  text: str(r.text),
+  at: num(r.at),
+  isBot: r.is_bot === 1,
+  fromMe: r.from_me === 1,
+});
+const toOutbox = (r: Row): OutboxRow => ({
+  id: num(r.id),
+  chatJid: str(r.chat_jid),
+  text: str(r.text),
+  sender: strOrNull(r.sender),
+  replyTo: strOrNull(r.reply_to),
+  status: str(r.status) as OutboxRow['status'],
+  attempts: num(r.attempts),
+  nextAttemptAt: num(r.next_attempt_at),
+  createdAt: num(r.created_at),
+});
+const toRun = (r: Row): RunRow => ({
+  id: num(r.id),
+  groupFolder: str(r.group_folder),
+  chatJid: str(r.chat_jid),
+  startedAt: num(r.started_at),
+  endedAt: r.ended_at === null ? null : num(r.ended_at),
+  status: str(r.status) as RunRow['status'],
+  inputTokens: num(r.input_tokens),
+  outputTokens: num(r.output_tokens),
+  costUsd: num(r.cost_usd),
+  error: strOrNull(r.error),
+});
+
+export type Db = ReturnType<typeof openDb>;
+
+/** Opens (creating and migrating) the store. `:memory:` gives the same schema in memory. */
+export function openDb(file: string) {
+  if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+  migrate(db);
+
+  const q = {
+    upsertChat: db.prepare(
+      `INSERT INTO chats (jid, name, channel, seen_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (jid) DO UPDATE SET name = excluded.name, seen_at = excluded.seen_at`,
+    ),
+    insertMessage: db.prepare(
+      `INSERT INTO messages (chat_jid, platform_id, sender, sender_name, text, at, is_bot, from_me)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chat_jid, platform_id) DO NOTHING`,
+    ),
+    messageByPlatformId: db.prepare('SELECT id FROM messages WHERE chat_jid = ? AND platform_id = ?'),
+    messagesAfter: db.prepare('SELECT * FROM messages WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?'),
+    latestMessageId: db.prepare('SELECT coalesce(max(id), 0) AS id FROM messages WHERE chat_jid = ?'),
+    group: db.prepare('SELECT * FROM groups WHERE jid = ?'),
+    groupByFolder: db.prepare('SELECT * FROM groups WHERE folder = ?'),
+    groups: db.prepare('SELECT * FROM groups ORDER BY created_at, jid'),
+    addGroup: db.prepare(
+      `INSERT INTO groups (jid, name, folder, trigger, requires_trigger, is_main, cursor, created_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    removeGroup: db.prepare('DELETE FROM groups WHERE jid = ?'),
+    advanceCursor: db.prepare('UPDATE groups SET cursor = max(cursor, ?) WHERE jid = ?'),
+    unprocessed: db.prepare(
+      `SELECT g.jid FROM groups g WHERE EXISTS
+         (SELECT 1 FROM messages m WHERE m.chat_jid = g.jid AND m.id > g.cursor AND m.from_me = 0)`,
+    ),
+    session: db.prepare('SELECT session_id FROM sessions WHERE group_folder = ?'),
+    clearSession: db.prepare('DELETE FROM sessions WHERE group_folder = ?'),
+    setSession: db.prepare(
+      `INSERT INTO sessions (group_folder, session_id, updated_at) VALUES (?, ?, ?)
+       ON CONFLICT (group_folder) DO UPDATE SET session_id = excluded.session_id, updated_at = excluded.updated_at`,
+    ),
+    enqueue: db.prepare(
+      `INSERT INTO outbox (chat_jid, text, sender, reply_to, next_attempt_at, created_at)
+       VALUES (?, ?, ?, ?, ?, ?)`,
+    ),
+    outboxDue: db.prepare(
+      "SELECT * FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT 100",
+    ),
+    outboxNextDue: db.prepare("SELECT min(next_attempt_at) AS at FROM outbox WHERE status = 'pending'"),
+    outboxPendingCount: db.prepare("SELECT count(*) AS n FROM outbox WHERE status = 'pending'"),
+    outboxAfter: db.prepare('SELECT * FROM outbox WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?'),
+    outboxById: db.prepare('SELECT * FROM outbox WHERE id = ?'),
+    latestOutboxId: db.prepare(
+      "SELECT coalesce(max(id), 0) AS id FROM outbox WHERE chat_jid = ? AND status = 'sent'",
+    ),
+    markSent: db.prepare(
+      "UPDATE outbox SET status = 'sent', sent_at = ?, platform_id = ?, attempts = attempts + 1 WHERE id = ?",
+    ),
+    markRetry: db.prepare(
+      'UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?, status = ? WHERE id = ?',
+    ),
+    startRun: db.prepare(
+      "INSERT INTO runs (group_folder, chat_jid, started_at, status) VALUES (?, ?, ?, 'running')",
+    ),
+    finishRun: db.prepare(
+      `UPDATE runs SET ended_at = ?, status = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?,
+         session_id = ?, error = ? WHERE id = ?`,
+    ),
+    abandonRuns: db.prepare(
+      "UPDATE runs SET status = 'error', error = 'orchestrator stopped', ended_at = ? WHERE status = 'running'",
+    ),
+    recentRuns: db.prepare('SELECT * FROM runs ORDER BY id DESC LIMIT ?'),
+  };
+
+  const enqueueReply = db.transaction(
+    (r: { chatJid: string; text: string; sender?: string; replyTo?: string; cursor?: number; now: number }) => {
+      const id = Number(
+        q.enqueue.run(r.chatJid, r.text, r.sender ?? null, r.replyTo ?? null, r.now, r.now).lastInsertRowid,
+      );
+      // The reply and the cursor move together: after a crash a batch is either answered and
+      // marked, or neither (DESIGN, Invariant 1).
+      if (r.cursor !== undefined) q.advanceCursor.run(r.cursor, r.chatJid);
+      return id;
+    },
+  );
+
+  return {
+    raw: db,
+    close: () => db.close(),
+
+    upsertChat(jid: string, name: string, channel: string, at: number): void {
+      q.upsertChat.run(jid, name, channel, at);
+    },
+    /** Stores a message once per (chat, platform id); returns its row id and whether it is new. */
+    insertMessage(m: NewMessage): { id: number; inserted: boolean } {
+      const info = q.insertMessage.run(
+        m.chatJid,
+        m.platformId,
+        m.sender,
+        m.senderName,
+        m.text,
+        m.at,
+        m.isBot ? 1 : 0,
+        m.fromMe ? 1 : 0,
+      );
+      if (info.changes === 1) return { id: Number(info.lastInsertRowid), inserted: true };
+      const row = q.messageByPlatformId.get(m.chatJid, m.platformId) as Row;
+      return { id: num(row.id), inserted: false };
+    },
+    messagesAfter(chatJid: string, afterId: number, limit = 10_000): StoredMessage[] {
+      return (q.messagesAfter.all(chatJid, afterId, limit) as Row[]).map(toMessage);
+    },
+    latestMessageId(chatJid: string): number {
+      return num((q.latestMessageId.get(chatJid) as Row).id);
+    },
+
+    group(jid: string): Group | undefined {
+      const r = q.group.get(jid) as Row | undefined;
+      return r && toGroup(r);
+    },
+    groupByFolder(folder: string): Group | undefined {
+      const r = q.groupByFolder.get(folder) as Row | undefined;
+      return r && toGroup(r);
+    },
+    groups(): Group[] {
+      return (q.groups.all() as Row[]).map(toGroup);
+    },
+    /** Registers a chat; its cursor starts at the chat's latest message, so history is context, not backlog. */
+    addGroup(g: NewGroup, now: number): Group {
+      db.transaction(() => {
+        q.addGroup.run(
+          g.jid,
+          g.name,
+          g.folder,
+          g.trigger,
+          g.requiresTrigger ? 1 : 0,
+          g.isMain ? 1 : 0,
+          num((q.latestMessageId.get(g.jid) as Row).id),
+          now,
+        );
+      })();
+      return toGroup(q.group.get(g.jid) as Row);
+    },
+    removeGroup(jid: string): boolean {
+      return q.removeGroup.run(jid).changes === 1;
+    },
+    advanceCursor(jid: string, to: number): void {
+      q.advanceCursor.run(to, jid);
+    },
+    /** Chats of registered groups with stored messages past their cursor. */
+    groupsWithUnprocessed(): string[] {
+      return (q.unprocessed.all() as Row[]).map((r) => str(r.jid));
+    },
+
+    session(folder: string): string | undefined {
+      const r = q.session.get(folder) as Row | undefined;
+      return r ? str(r.session_id) : undefined;
+    },
+    setSession(folder: string, sessionId: string, now: number): void {
+      q.setSession.run(folder, sessionId, now);
+    },
+    clearSession(folder: string): void {
+      q.clearSession.run(folder);
+    },
+
+    enqueueReply,
+    outboxDue(now: number): OutboxRow[] {
+      return (q.outboxDue.all(now) as Row[]).map(toOutbox);
+    },
+    outboxNextDue(): number | undefined {
+      const at = (q.outboxNextDue.get() as Row).at;
+      return at === null ? undefined : num(at);
+    },
+    outboxPendingCount(): number {
+      return num((q.outboxPendingCount.get() as Row).n);
+    },
+    outboxAfter(chatJid: string, afterId: number, limit = 1000): OutboxRow[] {
+      return (q.outboxAfter.all(chatJid, afterId, limit) as Row[]).map(toOutbox);
+    },
+    latestOutboxId(chatJid: string): number {
+      return num((q.latestOutboxId.get(chatJid) as Row).id);
+    },
+    outboxRow(id: number): OutboxRow | undefined {
+      const r = q.outboxById.get(id) as Row | undefined;
+      return r && toOutbox(r);
+    },
+    markSent(id: number, platformId: string | undefined, now: number): void {
+      q.markSent.run(now, platformId ?? null, id);
+    },
+    markRetry(id: number, error: string, nextAt: number, final: boolean): void {
+      q.markRetry.run(nextAt, error, final ? 'failed' : 'pending', id);
+    },
+
+    startRun(groupFolder: string, chatJid: string, now: number): number {
+      return Number(q.startRun.run(groupFolder, chatJid, now).lastInsertRowid);
+    },
+    finishRun(
+      id: number,
+      r: {
+        now: number;
+        status: 'ok' | 'error';
+        inputTokens: number;
+        outputTokens: number;
+        costUsd: number;
+        sessionId?: string;
+        error?: string;
+      },
+    ): void {
+      q.finishRun.run(
+        r.now,
+        r.status,
+        r.inputTokens,
+        r.outputTokens,
+        r.costUsd,
+        r.sessionId ?? null,
+        r.error ?? null,
+        id,
+      );
+    },
+    /** Runs left 'running' by a crash are closed as errors at start. */
+    abandonRuns(now: number): void {
+      q.abandonRuns.run(now);
+    },
+    recentRuns(limit = 20): RunRow[] {
+      return (q.recentRuns.all(limit) as Row[]).map(toRun);
+    },
+  };
+}
+
+function migrate(db: Database.Database): void {
+  const current = Number(db.pragma('user_version', { simple: true }));
+  if (current > MIGRATIONS.length) {
+    throw new Error(
+      `store schema version ${current} is newer than this NanoClaw (${MIGRATIONS.length}): upgrade NanoClaw`,
+    );
+  }
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v] as string);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,41 @@
+// Wiring only: load the config, start the orchestrator, handle signals. The only module that
+// calls process.exit or installs process handlers.
+import { ConfigError, loadConfig } from './config.js';
+import { createLogger, parseLevel } from './log.js';
+import { startOrchestrator } from './orchestrator.js';
+import { SandboxError } from './sandbox/index.js';
+
+export async function main(): Promise<void> {
+  const log = createLogger(parseLevel(process.env.LOG_LEVEL), (line) => process.stderr.write(line));
+  let orchestrator: Awaited<ReturnType<typeof startOrchestrator>>;
+  try {
+    const config = loadConfig(process.env);
+    orchestrator = await startOrchestrator(config, { log, env: process.env });
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof SandboxError) {
+      process.stderr.write(`nanoclaw: ${err.message}\n`);
+    } else if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      process.stderr.write(`nanoclaw: ${(err as Error).message}: is another NanoClaw running? Set WEB_PORT.\n`);
+    } else {
+      process.stderr.write(`nanoclaw: failed to start: ${(err as Error).stack ?? String(err)}\n`);
+    }
+    process.exit(1);
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info(`${signal}: stopping`);
+    orchestrator.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error(`stop failed: ${(err as Error).message}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${String(err)}`));
+  log.info('NanoClaw is running');
+}

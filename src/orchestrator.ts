@@ -1,0 +1,205 @@
+// The orchestrator: the store, the channels, the group queue, the agents and the outbox, joined.
+// A message is committed to SQLite first; a stored message that should wake its group goes to the
+// queue at once (no polling); replies go out through the outbox. At start, messages left
+// unanswered and replies left undelivered by a crash are picked up again.
+import { copyFileSync, existsSync, lstatSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { PASS_THROUGH_ENV, startAgentSession } from './agent-session.js';
+import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
+import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
+import type { Config } from './config.js';
+import type { ModelCredential } from './credential-proxy.js';
+import { type Db, openDb } from './db.js';
+import { createGroupQueue } from './group-queue.js';
+import type { Logger } from './log.js';
+import { folderProblem, groupPaths } from './mounts.js';
+import { createOutbox } from './outbox.js';
+import { needsWake } from './router.js';
+import { detectSandbox, type Sandbox } from './sandbox/index.js';
+
+export interface OrchestratorDeps {
+  log: Logger;
+  now?: () => number;
+  sandbox?: Sandbox;
+  /** Variables of the orchestrator's own environment (for PASS_THROUGH_ENV). */
+  env?: NodeJS.ProcessEnv;
+  retryBaseMs?: number;
+}
+
+export const NO_CREDENTIAL_NOTICE =
+  'I have no model credential yet: put ANTHROPIC_API_KEY=… (or CLAUDE_CODE_OAUTH_TOKEN=…) in .env and restart me.';
+
+export function credentialFrom(config: Config): ModelCredential | undefined {
+  if (config.anthropicApiKey) return { type: 'api_key', value: config.anthropicApiKey };
+  if (config.claudeOauthToken) return { type: 'oauth', value: config.claudeOauthToken };
+  return undefined;
+}
+
+/** Creates groups/global and the folder of `folder` from the shipped templates; refuses symlinks. */
+export function ensureGroupFolder(config: Config, folder: string, isMain: boolean): void {
+  const problem = folderProblem(folder);
+  if (problem) throw new Error(problem);
+  const p = groupPaths(config, folder);
+  for (const [dir, template] of [
+    [p.global, 'global'],
+    [p.group, isMain ? 'main' : undefined],
+  ] as const) {
+    mkdirSync(dir, { recursive: true });
+    if (lstatSync(dir).isSymbolicLink()) throw new Error(`${dir} is a symlink: refusing to use it`);
+    const memory = path.join(dir, 'CLAUDE.md');
+    const source = template && path.join(config.projectRoot, 'templates', 'groups', template, 'CLAUDE.md');
+    if (source && !existsSync(memory) && existsSync(source)) copyFileSync(source, memory);
+  }
+  mkdirSync(path.join(p.home, '.claude'), { recursive: true });
+}
+
+export async function startOrchestrator(config: Config, deps: OrchestratorDeps) {
+  const { log } = deps;
+  const now = deps.now ?? Date.now;
+  const sandbox = deps.sandbox ?? detectSandbox(config.sandbox);
+  log.info(`sandbox: ${sandbox.kind}`);
+  const db: Db = openDb(path.join(config.storeDir, 'messages.db'));
+  db.abandonRuns(now());
+  ensureGroupFolder(config, 'main', true);
+  const credential = credentialFrom(config);
+  if (!credential) log.warn('no model credential: set ANTHROPIC_API_KEY in .env; answering with a notice until then');
+  const env = deps.env ?? {};
+  const passEnv = Object.fromEntries(
+    PASS_THROUGH_ENV.flatMap((k) => (env[k] !== undefined ? [[k, env[k] as string]] : [])),
+  );
+  const timers = {
+    setTimer: (fn: () => void, ms: number) => setTimeout(fn, Math.min(ms, 2 ** 31 - 1)),
+    clearTimer: (t: unknown) => clearTimeout(t as NodeJS.Timeout),
+  };
+
+  const channels: Channel[] = [];
+  const outbox = createOutbox({ db, channels: () => channels, log, now, ...timers });
+
+  /** Commits a one-line notice to a chat without marking its messages processed. */
+  function notice(chatJid: string, text: string): void {
+    db.enqueueReply({ chatJid, text, now: now() });
+    outbox.kick();
+  }
+
+  const queue = createGroupQueue({
+    maxConcurrent: config.maxConcurrentAgents,
+    now,
+    ...timers,
+    ...(deps.retryBaseMs !== undefined ? { retryBaseMs: deps.retryBaseMs } : {}),
+    log: (line) => log.warn(line),
+    startAgent: (jid, hooks) => {
+      const group = db.group(jid);
+      if (group) ensureGroupFolder(config, group.folder, group.isMain);
+      return startAgentSession(
+        {
+          config,
+          db,
+          sandbox,
+          credential: credential as ModelCredential,
+          log,
+          now,
+          passEnv,
+          ...timers,
+          replied: () => outbox.kick(),
+          working: (chatJid, w) => channels.find((c) => c.owns(chatJid))?.setWorking(chatJid, w),
+        },
+        jid,
+        hooks,
+      );
+    },
+    onGiveUp: (jid, error, tries) => {
+      log.error(`group ${jid}: giving up after ${tries} tries: ${error}`);
+      notice(jid, `Sorry, I could not answer (${error}). I will try again with your next message.`);
+    },
+  });
+
+  function route(jid: string): void {
+    const group = db.group(jid);
+    if (!group) return;
+    if (!credential) {
+      const pending = db.messagesAfter(jid, group.cursor).filter((m) => !m.fromMe);
+      if (needsWake(pending.slice(-1), group)) notice(jid, NO_CREDENTIAL_NOTICE);
+      return;
+    }
+    queue.enqueue(jid);
+  }
+
+  let intake = true;
+  function ingest(m: InboundMessage): IngestResult {
+    if (!intake) return { stored: false, reason: 'shutting down' };
+    const group = db.group(m.chatJid);
+    db.upsertChat(m.chatJid, m.chatName, m.chatJid.split(':')[0] ?? '', m.at);
+    if (!group) return { stored: false, reason: `chat ${m.chatJid} is not registered` };
+    const { id, inserted } = db.insertMessage({
+      chatJid: m.chatJid,
+      platformId: m.platformId,
+      sender: m.sender,
+      senderName: m.senderName,
+      text: m.text,
+      at: m.at,
+      isBot: m.isBot ?? false,
+      fromMe: m.fromMe ?? false,
+    });
+    if (inserted && !m.fromMe && needsWake([m], group)) route(m.chatJid);
+    return { stored: true, id, duplicate: !inserted };
+  }
+
+  const web: WebChannel & { close?: () => Promise<void> } = createWebChannel({
+    host: config.webHost,
+    port: config.webPort,
+    token: config.webToken,
+    assistantName: config.assistantName,
+    projectRoot: config.projectRoot,
+    db,
+    log,
+    now,
+    ingest,
+    status: () => ({
+      groups: db.groups().map((g) => ({
+        chat: g.jid,
+        name: g.name,
+        folder: g.folder,
+        main: g.isMain,
+        trigger: g.requiresTrigger ? g.trigger : null,
+      })),
+      queue: queue.snapshot(),
+      outboxPending: db.outboxPendingCount(),
+      nextTasks: [],
+      recentRuns: db.recentRuns(20),
+    }),
+  });
+  channels.push(web);
+  await web.start();
+  log.info(`web chat on http://${config.webHost}:${web.port()}/`);
+
+  // Recovery: deliver what a crash left in the outbox, answer what it left unanswered.
+  outbox.kick();
+  for (const jid of db.groupsWithUnprocessed()) {
+    const group = db.group(jid);
+    if (group && needsWake(db.messagesAfter(jid, group.cursor), group)) route(jid);
+  }
+
+  return {
+    db,
+    queue,
+    web,
+    ingest,
+    /** SIGTERM: stop intake, let live agents close (bounded), flush the outbox, close. */
+    async stop(graceMs = 10_000): Promise<void> {
+      intake = false;
+      await Promise.all(channels.map((c) => c.stop()));
+      const bounded = <T>(p: Promise<T>) =>
+        Promise.race([p, new Promise<void>((r) => setTimeout(r, graceMs).unref())]);
+      await bounded(queue.stop());
+      queue.kill();
+      await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);
+      await bounded(outbox.flush());
+      outbox.stop();
+      await web.close?.();
+      db.close();
+    },
+  };
+}
+
+export type Orchestrator = Awaited<ReturnType<typeof startOrchestrator>>;
+export { WEB_CHAT };
