@@ -8,7 +8,12 @@
 // its batch processed.
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { query, type SDKMessage, type SDKUserMessage, type SpawnOptions } from '@anthropic-ai/claude-agent-sdk';
+import {
+  query,
+  type SDKMessage,
+  type SDKUserMessage,
+  type SpawnOptions,
+} from '@anthropic-ai/claude-agent-sdk';
 import type { Config } from './config.js';
 import { type ModelCredential, openModelSocket } from './credential-proxy.js';
 import type { Db, Group } from './db.js';
@@ -150,7 +155,13 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     inbox.end();
   }
 
-  function endTurn(result: { status: 'ok' | 'error'; input: number; output: number; cost: number; error?: string }) {
+  function endTurn(result: {
+    status: 'ok' | 'error';
+    input: number;
+    output: number;
+    cost: number;
+    error?: string;
+  }) {
     if (runId !== undefined) {
       db.finishRun(runId, {
         now: deps.now(),
@@ -223,7 +234,8 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     const sdkEnv = Object.fromEntries(
       Object.entries(o.env).filter(
         (e): e is [string, string] =>
-          (e[0].startsWith('CLAUDE_CODE_ENTRYPOINT') || e[0] === 'CLAUDE_AGENT_SDK_VERSION') && e[1] !== undefined,
+          (e[0].startsWith('CLAUDE_CODE_ENTRYPOINT') || e[0] === 'CLAUDE_AGENT_SDK_VERSION') &&
+          e[1] !== undefined,
       ),
     );
     child = deps.sandbox.spawn({
@@ -257,7 +269,11 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     return child;
   }
 
-  const runDir = path.join(config.dataDir, 'run', `${group.folder}-${process.pid}-${Date.now().toString(36)}`);
+  const runDir = path.join(
+    config.dataDir,
+    'run',
+    `${group.folder}-${process.pid}-${Date.now().toString(36)}`,
+  );
   let token = '';
 
   async function run(): Promise<AgentOutcome> {

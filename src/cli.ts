@@ -38,9 +38,16 @@ function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: s
   if (sub === 'list') {
     const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true });
     const groups = db.groups();
-    if (values.json) return out(JSON.stringify(groups, null, 2));
+    if (values.json) {
+      out(JSON.stringify(groups, null, 2));
+      return;
+    }
     for (const g of groups) {
-      const wake = g.isMain ? 'main, every message' : g.requiresTrigger ? `trigger ${g.trigger}` : 'every message';
+      const wake = g.isMain
+        ? 'main, every message'
+        : g.requiresTrigger
+          ? `trigger ${g.trigger}`
+          : 'every message';
       out(`${g.jid}\t${g.folder}\t${g.name}\t(${wake})`);
     }
     return;
@@ -60,7 +67,8 @@ function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: s
     });
     const chat = positionals[0];
     if (!chat || positionals.length > 1) throw new UsageError('groups add takes exactly one chat id');
-    if (!CHAT.test(chat)) throw new UsageError(`"${chat}" is not a chat id like discord:123456789 or web:main`);
+    if (!CHAT.test(chat))
+      throw new UsageError(`"${chat}" is not a chat id like discord:123456789 or web:main`);
     if (!values.name?.trim()) throw new UsageError('groups add needs --name <name>');
     if (values.trigger !== undefined && values['no-trigger']) {
       throw new UsageError('--trigger and --no-trigger exclude each other');
@@ -87,7 +95,8 @@ function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: s
       },
       Date.now(),
     );
-    return out(`registered ${g.jid} as "${g.name}" in groups/${g.folder}`);
+    out(`registered ${g.jid} as "${g.name}" in groups/${g.folder}`);
+    return;
   }
   if (sub === 'remove') {
     const ref = rest[0];
@@ -96,7 +105,8 @@ function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: s
     if (!g) throw new UsageError(`no registered group ${ref}`);
     if (g.jid === 'web:main') throw new UsageError('web:main is always served: it cannot be removed');
     db.removeGroup(g.jid);
-    return out(`removed ${g.jid} (its folder groups/${g.folder} is kept)`);
+    out(`removed ${g.jid} (its folder groups/${g.folder} is kept)`);
+    return;
   }
   throw new UsageError(`unknown command "groups ${sub ?? ''}": try nanoclaw --help`);
 }
@@ -130,7 +140,8 @@ export async function runCli(
     return 0;
   } catch (e) {
     if (e instanceof UsageError || e instanceof ConfigError) err(`nanoclaw: ${e.message}`);
-    else if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) err(`nanoclaw: ${(e as Error).message}`);
+    else if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))
+      err(`nanoclaw: ${(e as Error).message}`);
     else err(`nanoclaw: ${(e as Error).message}`);
     return 1;
   }

@@ -50,7 +50,9 @@ export interface Config {
 /** The checkout this file belongs to (dist/src/config.js or src/config.ts → two or three levels up). */
 export function projectRoot(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  return path.basename(path.dirname(here)) === 'dist' ? path.resolve(here, '../..') : path.resolve(here, '..');
+  return path.basename(path.dirname(here)) === 'dist'
+    ? path.resolve(here, '../..')
+    : path.resolve(here, '..');
 }
 
 /** Parses .env text: KEY=VALUE lines, `#` comments, optional `export `, single or double quotes. */
@@ -87,7 +89,9 @@ const money = (name: string) =>
     .regex(/^\d+(\.\d+)?$/, `${name} must be an amount in US dollars like 2.50`)
     .transform(Number);
 const bool = (name: string) =>
-  z.enum(['true', 'false', '1', '0'], { error: `${name} must be true or false` }).transform((v) => v === 'true' || v === '1');
+  z
+    .enum(['true', 'false', '1', '0'], { error: `${name} must be true or false` })
+    .transform((v) => v === 'true' || v === '1');
 const url = (name: string) =>
   z
     .string()
@@ -124,8 +128,14 @@ const schema = z.object({
   WEB_TOKEN: z.string().optional(),
   TIMEZONE: timezone.optional(),
   DISCORD_BOT_TOKEN: z.string().optional(),
-  DISCORD_MAIN_CHANNEL_ID: z.string().regex(/^\d{5,25}$/, 'DISCORD_MAIN_CHANNEL_ID must be a channel id (digits)').optional(),
-  DISCORD_OWNER_ID: z.string().regex(/^\d{5,25}$/, 'DISCORD_OWNER_ID must be a user id (digits)').optional(),
+  DISCORD_MAIN_CHANNEL_ID: z
+    .string()
+    .regex(/^\d{5,25}$/, 'DISCORD_MAIN_CHANNEL_ID must be a channel id (digits)')
+    .optional(),
+  DISCORD_OWNER_ID: z
+    .string()
+    .regex(/^\d{5,25}$/, 'DISCORD_OWNER_ID must be a user id (digits)')
+    .optional(),
   DISCORD_API_URL: url('DISCORD_API_URL').default('https://discord.com/api'),
   EGRESS_ALLOW: z.string().optional(),
   MAX_RUN_COST_USD: money('MAX_RUN_COST_USD').optional(),
@@ -182,11 +192,15 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const key = String(issue?.path[0] ?? '');
-    throw new ConfigError(`${issue?.message ?? 'invalid configuration'} (got ${key}=${JSON.stringify(merged[key])})`);
+    throw new ConfigError(
+      `${issue?.message ?? 'invalid configuration'} (got ${key}=${JSON.stringify(merged[key])})`,
+    );
   }
   const v = parsed.data;
   if (!LOOPBACK.has(v.WEB_HOST) && !v.WEB_TOKEN) {
-    throw new ConfigError(`WEB_HOST=${v.WEB_HOST} is not loopback: set WEB_TOKEN so strangers cannot use the web chat`);
+    throw new ConfigError(
+      `WEB_HOST=${v.WEB_HOST} is not loopback: set WEB_TOKEN so strangers cannot use the web chat`,
+    );
   }
   const egress = v.EGRESS_ALLOW?.split(',')
     .map((s) => s.trim())

@@ -74,7 +74,8 @@ export async function openModelSocket(opts: {
 
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
-    if (!url.startsWith('/')) return refuse(res, 403, 'permission_error', 'egress is not allowed from this sandbox');
+    if (!url.startsWith('/'))
+      return refuse(res, 403, 'permission_error', 'egress is not allowed from this sandbox');
     if (!sameSecret(presentedToken(req), token)) {
       return refuse(res, 401, 'authentication_error', 'invalid run token');
     }

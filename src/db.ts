@@ -221,7 +221,14 @@ export function openDb(file: string) {
   };
 
   const enqueueReply = db.transaction(
-    (r: { chatJid: string; text: string; sender?: string; replyTo?: string; cursor?: number; now: number }) => {
+    (r: {
+      chatJid: string;
+      text: string;
+      sender?: string;
+      replyTo?: string;
+      cursor?: number;
+      now: number;
+    }) => {
       const id = Number(
         q.enqueue.run(r.chatJid, r.text, r.sender ?? null, r.replyTo ?? null, r.now, r.now).lastInsertRowid,
       );

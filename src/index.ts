@@ -15,7 +15,9 @@ export async function main(): Promise<void> {
     if (err instanceof ConfigError || err instanceof SandboxError) {
       process.stderr.write(`nanoclaw: ${err.message}\n`);
     } else if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-      process.stderr.write(`nanoclaw: ${(err as Error).message}: is another NanoClaw running? Set WEB_PORT.\n`);
+      process.stderr.write(
+        `nanoclaw: ${(err as Error).message}: is another NanoClaw running? Set WEB_PORT.\n`,
+      );
     } else {
       process.stderr.write(`nanoclaw: failed to start: ${(err as Error).stack ?? String(err)}\n`);
     }

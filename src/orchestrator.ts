@@ -62,7 +62,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   db.abandonRuns(now());
   ensureGroupFolder(config, 'main', true);
   const credential = credentialFrom(config);
-  if (!credential) log.warn('no model credential: set ANTHROPIC_API_KEY in .env; answering with a notice until then');
+  if (!credential)
+    log.warn('no model credential: set ANTHROPIC_API_KEY in .env; answering with a notice until then');
   const env = deps.env ?? {};
   const passEnv = Object.fromEntries(
     PASS_THROUGH_ENV.flatMap((k) => (env[k] !== undefined ? [[k, env[k] as string]] : [])),

@@ -42,7 +42,8 @@ export function createOutbox(deps: OutboxDeps) {
         deps.db.markSent(row.id, sent.platformId, deps.now());
       } catch (err) {
         blocked.add(row.chatJid); // keep the chat's order: later rows wait for this one
-        const e = err instanceof ChannelError ? err : new ChannelError(String((err as Error)?.message ?? err));
+        const e =
+          err instanceof ChannelError ? err : new ChannelError(String((err as Error)?.message ?? err));
         const attempts = row.attempts + 1;
         const final = e.permanent || attempts >= maxAttempts;
         const delay = Math.max(e.retryAfterMs ?? 0, baseDelayMs * 2 ** (attempts - 1));

@@ -33,7 +33,9 @@ export interface Channel {
   setWorking(chatJid: string, working: boolean): void;
 }
 
-export type IngestResult = { stored: true; id: number; duplicate: boolean } | { stored: false; reason: string };
+export type IngestResult =
+  | { stored: true; id: number; duplicate: boolean }
+  | { stored: false; reason: string };
 
 /** Thrown by `send` with a hint for the outbox's backoff (e.g. a 429's retry_after). */
 export class ChannelError extends Error {

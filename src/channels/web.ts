@@ -179,7 +179,8 @@ export function createWebChannel(deps: WebDeps): WebChannel {
     // Synchronous from here to the end: no broadcast can slip between the replay and the subscription.
     if (Number.isFinite(after)) {
       for (const row of deps.db.outboxAfter(WEB_CHAT, after)) {
-        if (row.status === 'sent') write(res, 'message', row.id, messageData(row.id, row.text, row.sender, row.createdAt));
+        if (row.status === 'sent')
+          write(res, 'message', row.id, messageData(row.id, row.text, row.sender, row.createdAt));
       }
     }
     write(res, 'status', lastMessageId(), { working });

@@ -61,8 +61,19 @@ export function createBwrapSandbox(): Sandbox {
         stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
         env: {},
       });
-      const [, , , fd3, fd4, fd5] = child.stdio as unknown as [unknown, unknown, unknown, Writable, Writable, Writable];
-      fd3.end(bwrapOptions(spec).map((s) => `${s}\0`).join(''));
+      const [, , , fd3, fd4, fd5] = child.stdio as unknown as [
+        unknown,
+        unknown,
+        unknown,
+        Writable,
+        Writable,
+        Writable,
+      ];
+      fd3.end(
+        bwrapOptions(spec)
+          .map((s) => `${s}\0`)
+          .join(''),
+      );
       fd4.end(`agent:x:${SANDBOX_UID}:${SANDBOX_UID}:agent:/home/agent:/bin/bash\n`);
       fd5.end('127.0.0.1 localhost nanoclaw\n::1 localhost\n');
       return child as ChildProcessWithoutNullStreams;

@@ -36,7 +36,9 @@ export function detectSandbox(wanted: SandboxKind, probe: (cmd: string) => boole
   if (wanted === 'auto' || wanted === 'bwrap') {
     if (probe('bwrap')) return createBwrapSandbox();
     if (wanted === 'bwrap') {
-      throw new SandboxError('SANDBOX=bwrap but bubblewrap does not run here: sudo apt-get install -y bubblewrap');
+      throw new SandboxError(
+        'SANDBOX=bwrap but bubblewrap does not run here: sudo apt-get install -y bubblewrap',
+      );
     }
     throw new SandboxError(
       'no sandbox runtime found: install bubblewrap (sudo apt-get install -y bubblewrap), or set SANDBOX',
