@@ -105,8 +105,10 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
   let killed = false;
   let turnAnswered = false;
   let runId: number | undefined;
-  let lastTotalCost = 0;
-  let sessionId = db.session(group.folder);
+  const stored = db.session(group.folder);
+  let sessionId = stored?.id;
+  // Results report a running total that a resumed session continues from its transcript.
+  let lastTotalCost = stored?.totalCostUsd ?? 0;
   let idleTimer: unknown;
   let silenceTimer: unknown;
   let child: ReturnType<Sandbox['spawn']> | undefined;
@@ -184,6 +186,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     if (msg.type === 'system' && msg.subtype === 'init') {
       if (msg.session_id && msg.session_id !== sessionId) {
         sessionId = msg.session_id;
+        lastTotalCost = 0;
         db.setSession(group.folder, sessionId, deps.now());
       }
       return;
@@ -204,8 +207,11 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       return;
     }
     if (msg.type === 'result') {
-      const cost = Math.max(0, msg.total_cost_usd - lastTotalCost);
+      const delta =
+        msg.total_cost_usd >= lastTotalCost ? msg.total_cost_usd - lastTotalCost : msg.total_cost_usd;
+      const cost = Math.round(delta * 1e9) / 1e9; // float noise from the subtraction
       lastTotalCost = msg.total_cost_usd;
+      if (sessionId) db.setSessionCost(group.folder, lastTotalCost);
       const error = msg.is_error ? resultError(msg) : undefined;
       if (!error && !turnAnswered) db.advanceCursor(groupJid, delivered);
       endTurn({
@@ -288,6 +294,9 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       onError: (m) => log.warn(`group ${group.folder}: ${m}`),
     });
     token = socket.token;
+    log.info(
+      `group ${group.folder}: agent starting in ${deps.sandbox.kind}${sessionId ? `, resuming ${sessionId}` : ''}`,
+    );
     try {
       const q = query({
         prompt: inbox,

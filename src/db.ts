@@ -73,7 +73,8 @@ const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX messages_chat ON messages (chat_jid, id);
   CREATE TABLE sessions (
-    group_folder TEXT PRIMARY KEY, session_id TEXT NOT NULL, updated_at INTEGER NOT NULL
+    group_folder TEXT PRIMARY KEY, session_id TEXT NOT NULL, updated_at INTEGER NOT NULL,
+    total_cost_usd REAL NOT NULL DEFAULT 0
   );
   CREATE TABLE outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, chat_jid TEXT NOT NULL, text TEXT NOT NULL,
@@ -181,11 +182,13 @@ export function openDb(file: string) {
       `SELECT g.jid FROM groups g WHERE EXISTS
          (SELECT 1 FROM messages m WHERE m.chat_jid = g.jid AND m.id > g.cursor AND m.from_me = 0)`,
     ),
-    session: db.prepare('SELECT session_id FROM sessions WHERE group_folder = ?'),
+    session: db.prepare('SELECT session_id, total_cost_usd FROM sessions WHERE group_folder = ?'),
+    setSessionCost: db.prepare('UPDATE sessions SET total_cost_usd = ? WHERE group_folder = ?'),
     clearSession: db.prepare('DELETE FROM sessions WHERE group_folder = ?'),
     setSession: db.prepare(
       `INSERT INTO sessions (group_folder, session_id, updated_at) VALUES (?, ?, ?)
-       ON CONFLICT (group_folder) DO UPDATE SET session_id = excluded.session_id, updated_at = excluded.updated_at`,
+       ON CONFLICT (group_folder) DO UPDATE SET session_id = excluded.session_id, updated_at = excluded.updated_at,
+         total_cost_usd = CASE WHEN session_id = excluded.session_id THEN total_cost_usd ELSE 0 END`,
     ),
     enqueue: db.prepare(
       `INSERT INTO outbox (chat_jid, text, sender, reply_to, next_attempt_at, created_at)
@@ -307,9 +310,14 @@ export function openDb(file: string) {
       return (q.unprocessed.all() as Row[]).map((r) => str(r.jid));
     },
 
-    session(folder: string): string | undefined {
+    /** The group's Claude session and the cumulative cost the CLI last reported for it. */
+    session(folder: string): { id: string; totalCostUsd: number } | undefined {
       const r = q.session.get(folder) as Row | undefined;
-      return r ? str(r.session_id) : undefined;
+      return r ? { id: str(r.session_id), totalCostUsd: num(r.total_cost_usd) } : undefined;
+    },
+    /** A resumed session's results carry the running total saved in its transcript. */
+    setSessionCost(folder: string, totalCostUsd: number): void {
+      q.setSessionCost.run(totalCostUsd, folder);
     },
     setSession(folder: string, sessionId: string, now: number): void {
       q.setSession.run(folder, sessionId, now);

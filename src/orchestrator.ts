@@ -24,6 +24,8 @@ export interface OrchestratorDeps {
   /** Variables of the orchestrator's own environment (for PASS_THROUGH_ENV). */
   env?: NodeJS.ProcessEnv;
   retryBaseMs?: number;
+  /** More channels (Discord, or a test's fake); each gets the ingest function. */
+  channels?: (ingest: (m: InboundMessage) => IngestResult) => Channel[];
 }
 
 export const NO_CREDENTIAL_NOTICE =
@@ -169,8 +171,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       recentRuns: db.recentRuns(20),
     }),
   });
-  channels.push(web);
-  await web.start();
+  channels.push(web, ...(deps.channels?.(ingest) ?? []));
+  for (const c of channels) await c.start();
   log.info(`web chat on http://${config.webHost}:${web.port()}/`);
 
   // Recovery: deliver what a crash left in the outbox, answer what it left unanswered.

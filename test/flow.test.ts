@@ -71,3 +71,45 @@ test('a web message reaches a sandboxed agent that runs Bash, and its answer arr
     removeHome(app.home);
   }
 });
+
+test('a follow-up joins the live agent, and after the idle close a new sandbox resumes the session', async () => {
+  const script = fake.script('followup', []);
+  const app = await startApp({ baseUrl: `${fake.baseUrl}/s/followup`, env: { IDLE_TIMEOUT_MS: '1500' } });
+  try {
+    const sse = await openEvents(app.port);
+    const answer = async (prompt: string, reply: string) => {
+      fake.script('followup', [{ reply: text(reply) }]);
+      await app.post(prompt);
+      await sse.waitFor((e) => e.event === 'message' && (e.data as { text: string }).text === reply);
+    };
+    await answer('first question', 'first answer');
+    await eventually(() => app.orch.queue.snapshot().live[0]?.idle, 10_000, 'idle agent');
+    await answer('second question', 'second answer');
+    const starts = () => app.logs.filter((l) => l.includes('agent starting')).length;
+    assert.equal(starts(), 1, 'the follow-up went to the live agent');
+    await eventually(() => app.orch.queue.snapshot().live.length === 0, 20_000, 'idle close');
+    await answer('third question', 'third answer');
+    assert.equal(starts(), 2);
+    assert.match(app.logs.join(''), /resuming [0-9a-f-]{36}/);
+    const main = script.requests.filter((r) => r.kind === 'main');
+    assert.equal(main.length, 3);
+    const ids = new Set(main.map((r) => r.sessionId()));
+    assert.equal(ids.size, 1, 'one session across the three turns');
+    const history = JSON.stringify(main[2]?.messages());
+    assert.match(history, /first question/);
+    assert.match(history, /second answer/);
+    assert.equal(sse.messages().length, 3);
+    const runs = await eventually(() => {
+      const r = app.orch.db.recentRuns(10);
+      return r.every((x) => x.status === 'ok') && r;
+    });
+    assert.equal(runs.length, 3);
+    // Each turn is charged its own cost, also the first turn of a resumed session.
+    for (const r of runs) assert.equal(r.costUsd, runs[2]?.costUsd);
+    sse.close();
+    script.assertDone();
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});
