@@ -81,7 +81,7 @@ export function createGroupQueue(deps: GroupQueueDeps) {
       entry.agent = deps.startAgent(key, hooks);
     } catch (err) {
       entries.delete(key);
-      finished(key, { ok: false, error: (err as Error).message }, false);
+      finished(key, { ok: false, error: err instanceof Error ? err.message : String(err) }, false);
       return;
     }
     entry.agent.done.then(
@@ -131,7 +131,11 @@ export function createGroupQueue(deps: GroupQueueDeps) {
       }
     } else if (outcome.ok) {
       tries.delete(key);
-      if (again) enqueue(key);
+      // Back of the line: a group that waited for this slot goes first (round-robin).
+      if (again && !stopping) {
+        entries.set(key, { state: 'waiting' });
+        waiting.push(key);
+      }
     }
     drain();
   }
