@@ -2,7 +2,7 @@
 // A message is committed to SQLite first; a stored message that should wake its group goes to the
 // queue at once (no polling); replies go out through the outbox. At start, messages left
 // unanswered and replies left undelivered by a crash are picked up again.
-import { copyFileSync, existsSync, lstatSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { PASS_THROUGH_ENV, startAgentSession } from './agent-session.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
@@ -62,6 +62,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   log.info(`sandbox: ${sandbox.kind}`);
   const db: Db = openDb(path.join(config.storeDir, 'messages.db'));
   db.abandonRuns(now());
+  // Socket directories of runs a crash left behind: nothing listens on them any more.
+  rmSync(path.join(config.dataDir, 'run'), { recursive: true, force: true });
   ensureGroupFolder(config, 'main', true);
   const credential = credentialFrom(config);
   if (!credential)

@@ -1,9 +1,11 @@
 // Runs the real orchestrator (real SQLite, real bwrap, real Agent SDK) against the fake model,
 // in-process, on a fresh NANOCLAW_HOME; plus small web-chat clients (POST and SSE).
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { loadConfig, projectRoot } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { type Orchestrator, startOrchestrator } from '../../src/orchestrator.js';
@@ -217,4 +219,38 @@ export async function eventually<T>(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+export interface AppProcess {
+  child: import('node:child_process').ChildProcess;
+  port: number;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** The compiled CLI (dist/src/cli.js), as users run it. */
+export const CLI = fileURLToPath(new URL('../../src/cli.js', import.meta.url));
+
+/** Starts `nanoclaw start` as its own process and waits until the web chat listens. */
+export async function spawnApp(home: string, env: Record<string, string>): Promise<AppProcess> {
+  const child = spawn(process.execPath, [CLI, 'start'], {
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env, NANOCLAW_HOME: home },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (d: string) => {
+    err += d;
+  });
+  child.stdout.resume();
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const port = await Promise.race([
+    eventually(() => Number(/web chat on http:\/\/[^:]+:(\d+)\//.exec(err)?.[1] ?? 0), 20_000, 'web chat'),
+    exited.then(({ code }) => {
+      throw new Error(`nanoclaw exited with ${code} before listening: ${err}`);
+    }),
+  ]);
+  return { child, port, stderr: () => err, exited };
 }
