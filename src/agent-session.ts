@@ -2,10 +2,13 @@
 // streaming input so follow-ups join the live session; through spawnClaudeCodeProcess it starts
 // the Claude Code CLI inside the group's sandbox. Everything the CLI sends back is untrusted.
 //
-// Bookkeeping: `delivered` is the highest message id handed to the agent. A reply is committed to
-// the outbox together with the cursor moving to `delivered` (one transaction), so after a crash a
-// batch is either answered and marked or neither. A turn that ends without any text still marks
-// its batch processed.
+// Bookkeeping: each prompt handed to the agent is a batch (a uuid and its newest message id). A
+// reply is committed to the outbox together with the cursor moving to the batch that started the
+// turn (one transaction), so after a crash a batch is either answered and marked or neither. At
+// the end of a turn the result names every prompt the turn consumed (follow-ups may be folded in
+// mid-turn, or wait for a turn of their own), and the cursor moves past those; a turn that ends
+// without any text still marks its batches processed.
+import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import {
@@ -48,11 +51,12 @@ class Inbox implements AsyncIterable<SDKUserMessage> {
   private waiter: ((r: IteratorResult<SDKUserMessage>) => void) | undefined;
   private ended = false;
 
-  push(text: string): void {
-    const msg: SDKUserMessage = {
+  push(text: string, uuid: string): void {
+    const msg = {
       type: 'user',
       message: { role: 'user', content: text },
       parent_tool_use_id: null,
+      uuid,
     } as SDKUserMessage;
     if (this.waiter) {
       const w = this.waiter;
@@ -100,6 +104,8 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
   const inbox = new Inbox();
   const abort = new AbortController();
   let delivered = group.cursor;
+  /** Prompts handed over and not yet consumed by a finished turn, oldest first. */
+  const batches: { uuid: string; maxId: number }[] = [];
   let busy = false;
   let closing = false;
   let killed = false;
@@ -120,8 +126,10 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     if (!current) return false;
     const pending = db.messagesAfter(groupJid, delivered).filter((m) => !m.fromMe);
     if (pending.length === 0 || !needsWake(pending, current)) return false;
-    inbox.push(formatPrompt(pending, { timezone: config.timezone }));
+    const uuid = randomUUID();
     delivered = pending[pending.length - 1]?.id ?? delivered;
+    batches.push({ uuid, maxId: delivered });
+    inbox.push(formatPrompt(pending, { timezone: config.timezone }), uuid);
     return true;
   }
 
@@ -200,7 +208,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
           log.warn(`group ${group.folder}: reply of ${text.length} characters cut to ${MAX_REPLY_CHARS}`);
           text = `${text.slice(0, MAX_REPLY_CHARS)}\n[… reply cut: ${text.length - MAX_REPLY_CHARS} characters left out]`;
         }
-        db.enqueueReply({ chatJid: groupJid, text, cursor: delivered, now: deps.now() });
+        db.enqueueReply({ chatJid: groupJid, text, cursor: batches[0]?.maxId, now: deps.now() });
         turnAnswered = true;
         deps.replied(groupJid);
       }
@@ -213,7 +221,12 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       lastTotalCost = msg.total_cost_usd;
       if (sessionId) db.setSessionCost(group.folder, lastTotalCost);
       const error = msg.is_error ? resultError(msg) : undefined;
-      if (!error && !turnAnswered) db.advanceCursor(groupJid, delivered);
+      if (!error) {
+        const consumed = new Set(msg.user_message_uuids ?? [msg.user_message_uuid ?? batches[0]?.uuid]);
+        const done = batches.filter((b) => consumed.has(b.uuid));
+        for (const b of done) batches.splice(batches.indexOf(b), 1);
+        if (done.length > 0) db.advanceCursor(groupJid, Math.max(...done.map((b) => b.maxId)));
+      }
       endTurn({
         status: error ? 'error' : 'ok',
         input: msg.usage.input_tokens,
@@ -221,13 +234,14 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         cost,
         ...(error ? { error } : {}),
       });
-      // More queued input means the CLI starts another turn at once.
-      if ((msg.queued_turn_count ?? 0) > 0 && !closing) {
+      // A prompt the turn did not consume is queued in the CLI: its turn starts at once.
+      if (batches.length > 0 && !error && !closing) {
         beginTurn();
         return;
       }
       if (!closing) {
         hooks.idle();
+        deps.clearTimer(idleTimer);
         idleTimer = deps.setTimer(() => {
           log.info(`group ${group.folder}: idle for ${config.idleTimeoutMs} ms, closing the agent`);
           close();

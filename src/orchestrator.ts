@@ -58,7 +58,7 @@ export function ensureGroupFolder(config: Config, folder: string, isMain: boolea
 export async function startOrchestrator(config: Config, deps: OrchestratorDeps) {
   const { log } = deps;
   const now = deps.now ?? Date.now;
-  const sandbox = deps.sandbox ?? detectSandbox(config.sandbox);
+  const sandbox = deps.sandbox ?? detectSandbox(config.sandbox, (deps.env ?? {}).PATH);
   log.info(`sandbox: ${sandbox.kind}`);
   const db: Db = openDb(path.join(config.storeDir, 'messages.db'));
   db.abandonRuns(now());
@@ -73,7 +73,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     PASS_THROUGH_ENV.flatMap((k) => (env[k] !== undefined ? [[k, env[k] as string]] : [])),
   );
   const timers = {
-    setTimer: (fn: () => void, ms: number) => setTimeout(fn, Math.min(ms, 2 ** 31 - 1)),
+    // Unref'd: a pending idle close or retry never keeps a stopped orchestrator alive.
+    setTimer: (fn: () => void, ms: number) => setTimeout(fn, Math.min(ms, 2 ** 31 - 1)).unref(),
     clearTimer: (t: unknown) => clearTimeout(t as NodeJS.Timeout),
   };
 

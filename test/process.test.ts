@@ -9,7 +9,14 @@ import { after, before, test } from 'node:test';
 import { openDb } from '../src/db.js';
 import { NO_CREDENTIAL_NOTICE } from '../src/orchestrator.js';
 import { CLI, eventually, postJson, REAL_KEY, removeHome, spawnApp, tempHome } from './support/app.js';
-import { type FakeAnthropic, message, startFakeAnthropic, text, toolResult, toolUse } from './support/fake-anthropic.js';
+import {
+  type FakeAnthropic,
+  message,
+  startFakeAnthropic,
+  text,
+  toolResult,
+  toolUse,
+} from './support/fake-anthropic.js';
 
 let fake: FakeAnthropic;
 before(async () => {
@@ -85,9 +92,17 @@ for (const when of ['before any output', 'between two streamed parts', 'after th
     const script = fake.script(key, [
       when === 'before any output'
         ? { reply: text('never sent', { delayMs: 600_000 }) }
-        : { reply: message([{ type: 'text', text: 'part one' }, { type: 'text', text: 'part two' }], {
-              betweenBlocksMs: when === 'between two streamed parts' ? 600_000 : 0,
-            }) },
+        : {
+            reply: message(
+              [
+                { type: 'text', text: 'part one' },
+                { type: 'text', text: 'part two' },
+              ],
+              {
+                betweenBlocksMs: when === 'between two streamed parts' ? 600_000 : 0,
+              },
+            ),
+          },
     ]);
     let app = await spawnApp(home, processEnv(key));
     try {
@@ -121,7 +136,11 @@ for (const when of ['before any output', 'between two streamed parts', 'after th
       const main = script.requests.filter((r) => r.kind === 'main');
       const ping = main[main.length - 1];
       assert.match(ping?.lastUserText() ?? '', /ping/);
-      assert.doesNotMatch(ping?.lastUserText() ?? '', /the question/, 'the answered batch is not asked again');
+      assert.doesNotMatch(
+        ping?.lastUserText() ?? '',
+        /the question/,
+        'the answered batch is not asked again',
+      );
     } catch (err) {
       console.error(app.stderr(), replies(home));
       throw err;
@@ -161,6 +180,7 @@ test('without a sandbox runtime, start prints one line saying what to install an
     const r = spawnSync(process.execPath, [CLI, 'start'], {
       env: { PATH: '/nonexistent', NANOCLAW_HOME: home, WEB_PORT: '0' },
       encoding: 'utf8',
+      timeout: 20_000,
     });
     assert.notEqual(r.status, 0);
     const lines = r.stderr.trim().split('\n');

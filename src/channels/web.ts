@@ -177,11 +177,13 @@ export function createWebChannel(deps: WebDeps): WebChannel {
     const after = Number(typeof last === 'string' && /^\d+$/.test(last) ? last : Number.NaN);
     clients.add(res);
     // Synchronous from here to the end: no broadcast can slip between the replay and the subscription.
-    if (Number.isFinite(after)) {
-      for (const row of deps.db.outboxAfter(WEB_CHAT, after)) {
+    for (let from = after, page = 1000; Number.isFinite(from); ) {
+      const rows = deps.db.outboxAfter(WEB_CHAT, from, page);
+      for (const row of rows) {
         if (row.status === 'sent')
           write(res, 'message', row.id, messageData(row.id, row.text, row.sender, row.createdAt));
       }
+      from = rows.length === page ? (rows[rows.length - 1]?.id ?? Number.NaN) : Number.NaN;
     }
     write(res, 'status', lastMessageId(), { working });
     const ping = setInterval(() => res.write(': ping\n\n'), KEEPALIVE_MS);

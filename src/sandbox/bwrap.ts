@@ -53,13 +53,17 @@ export function bwrapOptions(spec: SandboxSpec, exists: (p: string) => boolean =
   return opts;
 }
 
-export function createBwrapSandbox(): Sandbox {
+/** `bwrap` is the absolute path of the bubblewrap binary (found on PATH at start). */
+export function createBwrapSandbox(bwrap: string): Sandbox {
   return {
     kind: 'bwrap',
     spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams {
-      const child = spawn('bwrap', ['--args', '3', GUEST_COMMAND, ...spec.args], {
+      const child = spawn(bwrap, ['--args', '3', GUEST_COMMAND, ...spec.args], {
         stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
         env: {},
+        // Its own process group: a Ctrl-C at the terminal reaches the orchestrator, which then
+        // closes agents in order; --die-with-parent still ends the sandbox if we die.
+        detached: true,
       });
       const [, , , fd3, fd4, fd5] = child.stdio as unknown as [
         unknown,

@@ -2,6 +2,8 @@
 // into a running child process whose stdio carries the Claude Code control protocol.
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import path from 'node:path';
 import type { SandboxKind } from '../config.js';
 import { createBwrapSandbox } from './bwrap.js';
 
@@ -31,13 +33,35 @@ export interface Sandbox {
   spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams;
 }
 
+/** Finds an executable on a PATH string (argv spawning never goes through a shell). */
+export function which(cmd: string, searchPath: string | undefined): string | undefined {
+  for (const dir of (searchPath ?? '').split(':')) {
+    if (!dir) continue;
+    const file = path.join(dir, cmd);
+    try {
+      accessSync(file, constants.X_OK);
+      return file;
+    } catch {
+      // not in this directory: try the next one
+    }
+  }
+  return undefined;
+}
+
 /** Picks the runtime named by SANDBOX, or with `auto` the fastest one that is ready. */
-export function detectSandbox(wanted: SandboxKind, probe: (cmd: string) => boolean = canRun): Sandbox {
+export function detectSandbox(
+  wanted: SandboxKind,
+  searchPath: string | undefined,
+  probe: (file: string) => boolean = canRun,
+): Sandbox {
   if (wanted === 'auto' || wanted === 'bwrap') {
-    if (probe('bwrap')) return createBwrapSandbox();
+    const bwrap = which('bwrap', searchPath);
+    if (bwrap && probe(bwrap)) return createBwrapSandbox(bwrap);
     if (wanted === 'bwrap') {
       throw new SandboxError(
-        'SANDBOX=bwrap but bubblewrap does not run here: sudo apt-get install -y bubblewrap',
+        bwrap
+          ? `SANDBOX=bwrap but ${bwrap} cannot create namespaces here: enable unprivileged user namespaces`
+          : 'SANDBOX=bwrap but bubblewrap is not installed: sudo apt-get install -y bubblewrap',
       );
     }
     throw new SandboxError(
@@ -47,17 +71,17 @@ export function detectSandbox(wanted: SandboxKind, probe: (cmd: string) => boole
   throw new SandboxError(`SANDBOX=${wanted} is not available in this version yet: use SANDBOX=bwrap`);
 }
 
-function canRun(cmd: string): boolean {
+function canRun(file: string): boolean {
   try {
     // A real namespace probe, not just `--version`: bwrap can be installed but unusable
     // (no user namespaces), and we want to fail at start rather than on the first message.
-    execFileSync(cmd, ['--unshare-all', '--ro-bind', '/', '/', '--die-with-parent', 'true'], {
+    execFileSync(file, ['--unshare-all', '--ro-bind', '/', '/', '--die-with-parent', 'true'], {
       stdio: 'ignore',
       timeout: 5000,
       env: {},
     });
     return true;
   } catch {
-    return false; // not installed or not usable: the caller reports which runtime to install
+    return false; // unusable: the caller says what to do
   }
 }
