@@ -57,7 +57,7 @@ export async function startApp(opts: {
   const log = createLogger('debug', (line) => logs.push(line));
   const orch = await startOrchestrator(config, {
     log,
-    env,
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
     ...(opts.retryBaseMs !== undefined ? { retryBaseMs: opts.retryBaseMs } : {}),
   });
   const port = orch.web.port();
