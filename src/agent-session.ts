@@ -109,6 +109,8 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
   let busy = false;
   let closing = false;
   let killed = false;
+  /** Set when a turn ended in an error result: the session is closed and the run retried. */
+  let failure: string | undefined;
   let turnAnswered = false;
   let runId: number | undefined;
   const stored = db.session(group.folder);
@@ -199,7 +201,8 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       }
       return;
     }
-    if (msg.type === 'assistant' && msg.parent_tool_use_id === null) {
+    // An API failure arrives as a synthetic assistant message flagged `error`: not a reply.
+    if (msg.type === 'assistant' && msg.parent_tool_use_id === null && !msg.error) {
       for (const block of msg.message.content) {
         if (block.type !== 'text') continue;
         let text = cleanOutput(block.text);
@@ -234,6 +237,13 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         cost,
         ...(error ? { error } : {}),
       });
+      // In streaming mode an API error ends the turn, not the CLI. Close it: the queue retries the
+      // unanswered batches in a fresh sandbox, with backoff.
+      if (error && !turnAnswered) {
+        failure = error;
+        close();
+        return;
+      }
       // A prompt the turn did not consume is queued in the CLI: its turn starts at once.
       if (batches.length > 0 && !error && !closing) {
         beginTurn();
@@ -330,6 +340,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       });
       for await (const msg of q) handle(msg);
       if (busy) endTurn({ status: 'error', input: 0, output: 0, cost: 0, error: 'agent ended mid-turn' });
+      if (failure) return { ok: false, error: failure };
       return killed && !turnAnswered ? { ok: false, error: 'agent timed out' } : { ok: true };
     } catch (err) {
       const message = `${(err as Error).message}${stderrTail ? ` (stderr: ${stderrTail.trim().slice(-300)})` : ''}`;
@@ -337,6 +348,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       if (busy) endTurn({ status: 'error', input: 0, output: 0, cost: 0, error: message });
       if (/No conversation found/i.test(message)) db.clearSession(group.folder);
       log.warn(`group ${group.folder}: agent failed: ${message}`);
+      if (failure) return { ok: false, error: failure };
       // A turn that already answered, or a close we asked for, is not a failure to retry.
       return answered || (closing && !killed) ? { ok: true } : { ok: false, error: firstLine(message) };
     } finally {

@@ -5,6 +5,7 @@ import { after, before, test } from 'node:test';
 import { eventually, openEvents, REAL_KEY, removeHome, startApp, type TestApp } from './support/app.js';
 import {
   type FakeAnthropic,
+  httpError,
   startFakeAnthropic,
   text,
   toolResult,
@@ -106,6 +107,60 @@ test('a follow-up joins the live agent, and after the idle close a new sandbox r
     assert.equal(runs.length, 3);
     // Each turn is charged its own cost, also the first turn of a resumed session.
     for (const r of runs) assert.equal(r.costUsd, runs[2]?.costUsd);
+    sse.close();
+    script.assertDone();
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});
+
+test('after the last failed try the chat is told, and the next message gets both answered', async () => {
+  const script = fake.script('failing', [
+    ...Array.from({ length: 5 }, () => ({ reply: httpError(500, 'api_error', 'upstream exploded') })),
+    { reply: text('answered both') },
+  ]);
+  const app = await startApp({ baseUrl: script.baseUrl, retryBaseMs: 20 });
+  try {
+    const sse = await openEvents(app.port);
+    await app.post('first question');
+    const notice = await sse
+      .waitFor((e) => e.event === 'message')
+      .catch((err) => {
+        console.error(app.logs.join(''), script.requests.length);
+        throw err;
+      });
+    assert.match(
+      (notice.data as { text: string }).text,
+      /^Sorry, I could not answer \(.*\)\. I will try again/,
+    );
+    assert.equal(script.requests.filter((r) => r.kind === 'main').length, 5, 'five tries');
+    await app.post('second question');
+    await sse.waitFor((e) => e.event === 'message' && (e.data as { text: string }).text === 'answered both');
+    const last = script.requests.filter((r) => r.kind === 'main').at(-1);
+    assert.match(last?.lastUserText() ?? '', /first question[\s\S]*second question/);
+    sse.close();
+    script.assertDone();
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});
+
+test('a run silent for AGENT_TIMEOUT_MS is killed and retried', async () => {
+  const script = fake.script('silent', [
+    { reply: text('too late', { delayMs: 120_000 }) },
+    { reply: text('on time') },
+  ]);
+  const app = await startApp({ baseUrl: script.baseUrl, retryBaseMs: 20, env: { AGENT_TIMEOUT_MS: '1500' } });
+  try {
+    const sse = await openEvents(app.port);
+    await app.post('are you there?');
+    const ev = await sse.waitFor((e) => e.event === 'message');
+    assert.equal((ev.data as { text: string }).text, 'on time');
+    assert.match(app.logs.join(''), /no output for 1500 ms, killing the agent/);
+    const runs = app.orch.db.recentRuns(5);
+    assert.equal(runs.at(-1)?.status, 'error');
     sse.close();
     script.assertDone();
   } finally {

@@ -1,0 +1,334 @@
+// The sandbox: the pure bwrap option list, runtime detection, and a real bwrap run that reports
+// what a process inside can see. The only addresses used are 127.0.0.1 and 10.0.0.1 (which the
+// sandbox has no route to); nothing here can leave the machine.
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { bwrapOptions, createBwrapSandbox, SANDBOX_UID } from '../src/sandbox/bwrap.js';
+import { detectSandbox, SandboxError, type SandboxSpec, which } from '../src/sandbox/index.js';
+
+const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
+
+const spec: SandboxSpec = {
+  command: '/opt/sdk/claude-binary',
+  args: ['--output-format', 'stream-json'],
+  env: { PATH: '/usr/bin:/bin', HOME: '/home/agent', ANTHROPIC_API_KEY: 'nanoclaw-run-token', TZ: 'UTC' },
+  mounts: [
+    { host: '/srv/nc/groups/family', guest: '/workspace/group', readonly: false },
+    { host: '/srv/nc/groups/global', guest: '/workspace/global', readonly: true },
+    { host: '/srv/nc/data/sessions/family/home', guest: '/home/agent', readonly: false },
+    { host: '/srv/nc/data/run/r1', guest: '/run/nanoclaw', readonly: false },
+  ],
+  cwd: '/workspace/group',
+};
+
+// How many arguments each option bwrapOptions may emit takes. Any other option fails the parse,
+// so a new way of exposing host paths cannot slip in unnoticed.
+const ARITY: Readonly<Record<string, number>> = {
+  '--unshare-all': 0,
+  '--die-with-parent': 0,
+  '--new-session': 0,
+  '--clearenv': 0,
+  '--uid': 1,
+  '--gid': 1,
+  '--hostname': 1,
+  '--proc': 1,
+  '--dev': 1,
+  '--tmpfs': 1,
+  '--chdir': 1,
+  '--ro-bind': 2,
+  '--bind': 2,
+  '--symlink': 2,
+  '--ro-bind-data': 2,
+  '--setenv': 2,
+};
+
+function parseOptions(opts: readonly string[]): { name: string; args: string[] }[] {
+  const out: { name: string; args: string[] }[] = [];
+  for (let i = 0; i < opts.length; ) {
+    const name = opts[i] ?? '';
+    const arity = ARITY[name];
+    assert.ok(arity !== undefined, `unexpected bwrap option ${name}`);
+    const args = opts.slice(i + 1, i + 1 + arity);
+    assert.equal(args.length, arity, `${name} is missing arguments`);
+    out.push({ name, args });
+    i += 1 + arity;
+  }
+  return out;
+}
+
+describe('bwrapOptions', () => {
+  const all = bwrapOptions(spec, () => true);
+  const parsed = parseOptions(all);
+  const named = (name: string) => parsed.filter((o) => o.name === name).map((o) => o.args);
+
+  test('unshares every namespace, dies with its parent and clears the environment', () => {
+    for (const flag of ['--unshare-all', '--die-with-parent', '--new-session', '--clearenv']) {
+      assert.ok(all.includes(flag), flag);
+    }
+    assert.deepEqual(named('--uid'), [[String(SANDBOX_UID)]]);
+    assert.deepEqual(named('--gid'), [['1000']]);
+    assert.equal(SANDBOX_UID, 1000);
+    assert.deepEqual(named('--hostname'), [['nanoclaw']]);
+  });
+
+  test('binds each mount in order with its mode, after the command', () => {
+    const mountBinds = parsed.filter(
+      (o) => (o.name === '--bind' || o.name === '--ro-bind') && o.args[0]?.startsWith('/srv/nc/'),
+    );
+    assert.deepEqual(
+      mountBinds.map((o) => [o.name, ...o.args]),
+      spec.mounts.map((m) => [m.readonly ? '--ro-bind' : '--bind', m.host, m.guest]),
+    );
+    const commandAt = parsed.findIndex((o) => o.name === '--ro-bind' && o.args[1] === GUEST_COMMAND);
+    assert.deepEqual(parsed[commandAt]?.args, [spec.command, GUEST_COMMAND]);
+    const firstMount = parsed.findIndex((o) => o.args[0] === spec.mounts[0]?.host);
+    assert.ok(commandAt < firstMount);
+  });
+
+  test('sets every env var with --setenv after --clearenv', () => {
+    const clear = parsed.findIndex((o) => o.name === '--clearenv');
+    const setenvs = parsed.map((o, i) => ({ ...o, i })).filter((o) => o.name === '--setenv');
+    assert.deepEqual(
+      setenvs.map((o) => o.args),
+      Object.entries(spec.env),
+    );
+    assert.ok(
+      setenvs.every((o) => o.i > clear),
+      '--clearenv would wipe a --setenv before it',
+    );
+  });
+
+  test('ends with --chdir to the guest working directory', () => {
+    assert.deepEqual(all.slice(-2), ['--chdir', '/workspace/group']);
+  });
+
+  test('exposes no host path but the mounts, /usr, a few /etc files and the command', () => {
+    const allowed = new Set([
+      '/usr',
+      '/etc/ssl',
+      '/etc/ld.so.cache',
+      '/etc/alternatives',
+      spec.command,
+      ...spec.mounts.map((m) => m.host),
+    ]);
+    const hostSources = parsed
+      .filter((o) => o.name === '--bind' || o.name === '--ro-bind')
+      .map((o) => o.args[0] ?? '');
+    assert.deepEqual(
+      hostSources.filter((p) => !allowed.has(p)),
+      [],
+    );
+    // Symlinks point into /usr; data binds come from fds, not host paths.
+    for (const [target, link] of named('--symlink')) {
+      assert.match(target ?? '', /^usr\/(bin|lib|lib64|sbin)$/);
+      assert.equal(link, `/${target?.slice(4)}`);
+    }
+    assert.deepEqual(named('--ro-bind-data'), [
+      ['4', '/etc/passwd'],
+      ['5', '/etc/hosts'],
+    ]);
+  });
+
+  test('binds only the /usr links and /etc files that exist on the host', () => {
+    const none = parseOptions(bwrapOptions(spec, () => false));
+    assert.equal(none.filter((o) => o.name === '--symlink').length, 0);
+    assert.equal(none.filter((o) => o.args[0]?.startsWith('/etc/')).length, 0);
+    const some = parseOptions(bwrapOptions(spec, (p) => p === '/usr/lib64' || p === '/etc/ssl'));
+    assert.deepEqual(
+      some.filter((o) => o.name === '--symlink').map((o) => o.args),
+      [['usr/lib64', '/lib64']],
+    );
+    assert.deepEqual(
+      some.filter((o) => o.args[0]?.startsWith('/etc/')).map((o) => o.args),
+      [['/etc/ssl', '/etc/ssl']],
+    );
+  });
+});
+
+describe('detectSandbox', () => {
+  test('SANDBOX=bwrap without bubblewrap on PATH says how to install it', () => {
+    assert.throws(
+      () => detectSandbox('bwrap', '/nonexistent'),
+      (err: unknown) =>
+        err instanceof SandboxError &&
+        err.message.includes('apt-get install -y bubblewrap') &&
+        !/\n/.test(err.message),
+    );
+  });
+
+  test('SANDBOX=auto with no runtime says what to install', () => {
+    assert.throws(
+      () => detectSandbox('auto', '/nonexistent'),
+      (err: unknown) => {
+        return err instanceof SandboxError && err.message.includes('apt-get install -y bubblewrap');
+      },
+    );
+  });
+
+  test('SANDBOX=bwrap with a bwrap that cannot create namespaces says so', () => {
+    assert.throws(
+      () => detectSandbox('bwrap', process.env.PATH, () => false),
+      (err: unknown) => err instanceof SandboxError && /cannot create namespaces/.test(err.message),
+    );
+  });
+
+  test('SANDBOX=auto picks bwrap here', () => {
+    assert.equal(detectSandbox('auto', process.env.PATH).kind, 'bwrap');
+    assert.equal(detectSandbox('bwrap', process.env.PATH).kind, 'bwrap');
+  });
+
+  test('SANDBOX=docker is refused with one line', () => {
+    for (const kind of ['docker', 'podman', 'apple'] as const) {
+      assert.throws(
+        () => detectSandbox(kind, process.env.PATH),
+        (err: unknown) =>
+          err instanceof SandboxError &&
+          err.message === `SANDBOX=${kind} is not available in this version yet: use SANDBOX=bwrap`,
+      );
+    }
+  });
+
+  test('which finds executables on a PATH string and nothing on an empty one', () => {
+    assert.equal(which('bwrap', `/nonexistent:${process.env.PATH}`)?.endsWith('/bwrap'), true);
+    assert.equal(which('bwrap', undefined), undefined);
+    assert.equal(which('bwrap', ''), undefined);
+  });
+});
+
+describe('a real bwrap sandbox', () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-sandbox-'));
+  after(() => rmSync(root, { recursive: true, force: true }));
+
+  test('a process inside sees only its mounts and its env, as uid 1000 with no network', async (t) => {
+    const bwrap = which('bwrap', process.env.PATH);
+    assert.ok(bwrap, 'bwrap must be installed for this test');
+    const group = path.join(root, 'group');
+    const global = path.join(root, 'global');
+    mkdirSync(group);
+    mkdirSync(global);
+    writeFileSync(path.join(global, 'CLAUDE.md'), 'shared memory\n');
+
+    // A host listener on loopback: the sandbox has its own loopback, so it must not reach this.
+    let hostConnections = 0;
+    const listener = net.createServer((s) => {
+      hostConnections++;
+      s.destroy();
+    });
+    await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+    t.after(() => listener.close());
+    const hostPort = (listener.address() as net.AddressInfo).port;
+
+    const script = `
+      {
+        echo "== uid =="; id -u
+        echo "== gid =="; id -g
+        echo "== hostname =="; hostname
+        echo "== cmdline =="; cat /proc/1/cmdline | tr "\\0" " "; echo
+        echo "== env =="; env
+        echo "== cwd =="; pwd
+        echo "== global-read =="; cat /workspace/global/CLAUDE.md
+        echo "== global-write =="
+        if (echo x > /workspace/global/written) 2>/dev/null; then echo WRITE_OK; else echo WRITE_FAILED; fi
+        echo "== host-paths =="
+        for p in /root /home /work /sys /var /etc/shadow /etc/hostname "${root}"; do
+          if [ -e "$p" ]; then echo "present $p"; else echo "absent $p"; fi
+        done
+        echo "== pids =="; ls /proc | grep -c '^[0-9]'
+        echo "== passwd =="; cat /etc/passwd
+        echo "== loopback =="; (exec 3<>/dev/tcp/127.0.0.1/9) 2>&1; echo "exit $?"
+        echo "== host-port =="; (exec 3<>/dev/tcp/127.0.0.1/${hostPort}) 2>&1; echo "exit $?"
+        echo "== outside =="; timeout 2 bash -c 'exec 3<>/dev/tcp/10.0.0.1/9' 2>&1; echo "exit $?"
+        echo "== end =="
+      } > /workspace/group/report.txt 2>&1
+    `;
+    const child = createBwrapSandbox(bwrap).spawn({
+      command: '/usr/bin/bash',
+      args: ['-c', script],
+      env: { PATH: '/usr/bin:/bin', FOO: 'bar' },
+      mounts: [
+        { host: group, guest: '/workspace/group', readonly: false },
+        { host: global, guest: '/workspace/global', readonly: true },
+      ],
+      cwd: '/workspace/group',
+    });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
+    child.stdout.resume();
+    child.stdin.end();
+    const exit = await new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => {
+        // Its own process group: reach bwrap and everything under it.
+        if (child.pid) process.kill(-child.pid, 'SIGKILL');
+      }, 20_000);
+      child.on('exit', (code) => {
+        clearTimeout(timer);
+        resolve(code);
+      });
+    });
+    assert.equal(exit, 0, `bwrap failed: ${stderr}`);
+
+    const report = readFileSync(path.join(group, 'report.txt'), 'utf8');
+    const sections = new Map<string, string>();
+    for (const part of report.split(/^== /m).slice(1)) {
+      const [head = '', ...rest] = part.split('\n');
+      sections.set(head.replace(/ ==$/, ''), rest.join('\n').trim());
+    }
+    const section = (name: string): string => {
+      const s = sections.get(name);
+      assert.ok(s !== undefined, `no ${name} in report:\n${report}`);
+      return s;
+    };
+
+    assert.equal(section('uid'), '1000');
+    assert.equal(section('gid'), '1000');
+    assert.equal(section('hostname'), 'nanoclaw');
+
+    const cmdline = section('cmdline');
+    assert.match(cmdline, /^\S*bwrap --args 3 \/opt\/nanoclaw\/bin\/claude -c /);
+    // The script names `root` itself; the mount sources under it must not appear.
+    for (const leak of ['--setenv', '--bind', '--ro-bind', '--clearenv', 'FOO', group, global]) {
+      assert.ok(!cmdline.includes(leak), `/proc/1/cmdline shows ${leak}: ${cmdline}`);
+    }
+
+    const env = new Map(
+      section('env')
+        .split('\n')
+        .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)] as const),
+    );
+    assert.equal(env.get('PATH'), '/usr/bin:/bin');
+    assert.equal(env.get('FOO'), 'bar');
+    const bashOwn = new Set(['PWD', 'SHLVL', '_', 'OLDPWD']);
+    assert.deepEqual(
+      [...env.keys()].filter((k) => k !== 'PATH' && k !== 'FOO' && !bashOwn.has(k)),
+      [],
+    );
+
+    assert.equal(section('cwd'), '/workspace/group');
+    assert.equal(section('global-read'), 'shared memory');
+    assert.equal(section('global-write'), 'WRITE_FAILED');
+    assert.equal(existsSync(path.join(global, 'written')), false);
+    assert.deepEqual(
+      section('host-paths')
+        .split('\n')
+        .filter((l) => !l.startsWith('absent ')),
+      [],
+    );
+
+    const pids = Number(section('pids'));
+    assert.ok(pids >= 2 && pids <= 6, `expected a handful of pids, saw ${pids}`);
+
+    assert.equal(section('passwd'), 'agent:x:1000:1000:agent:/home/agent:/bin/bash');
+
+    assert.match(section('loopback'), /Connection refused[\s\S]*exit 1$/);
+    assert.match(section('host-port'), /Connection refused[\s\S]*exit 1$/);
+    assert.equal(hostConnections, 0);
+    assert.match(section('outside'), /Network is unreachable[\s\S]*exit 1$/);
+    assert.equal(section('end'), '');
+  });
+});
