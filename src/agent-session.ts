@@ -224,9 +224,12 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       lastTotalCost = msg.total_cost_usd;
       if (sessionId) db.setSessionCost(group.folder, lastTotalCost);
       const error = msg.is_error ? resultError(msg) : undefined;
-      if (!error) {
-        const consumed = new Set(msg.user_message_uuids ?? [msg.user_message_uuid ?? batches[0]?.uuid]);
-        const done = batches.filter((b) => consumed.has(b.uuid));
+      // A turn that failed before any reply leaves its batches for the retry; otherwise the
+      // batches it consumed are done (a partly answered batch counts as answered).
+      if (!error || turnAnswered) {
+        const consumed = new Set(msg.user_message_uuids ?? [msg.user_message_uuid]);
+        let done = batches.filter((b) => consumed.has(b.uuid));
+        if (done.length === 0) done = batches.slice(0, 1); // an older CLI that names no prompt
         for (const b of done) batches.splice(batches.indexOf(b), 1);
         if (done.length > 0) db.advanceCursor(groupJid, Math.max(...done.map((b) => b.maxId)));
       }
@@ -245,7 +248,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         return;
       }
       // A prompt the turn did not consume is queued in the CLI: its turn starts at once.
-      if (batches.length > 0 && !error && !closing) {
+      if (batches.length > 0 && !closing) {
         beginTurn();
         return;
       }

@@ -58,6 +58,13 @@ describe('parseDotenv', () => {
     assert.equal(vars.C, 'say "hi"');
   });
 
+  // Regression: the quote check looks at the whole rest of the line, so a trailing comment after a
+  // quoted value sends it down the unquoted path, which strips the comment but keeps the quotes.
+  test('bug: KEY="value" # comment in .env keeps the quotes in the value', () => {
+    const vars = parseDotenv(`ANTHROPIC_API_KEY="sk-ant-xyz" # personal key\nB='two' # note`);
+    assert.deepEqual(vars, { ANTHROPIC_API_KEY: 'sk-ant-xyz', B: 'two' });
+  });
+
   test('a malformed line is a ConfigError naming its line number', () => {
     const err = configError(() => parseDotenv('A=1\n# fine\nthis is not an assignment\n'));
     assert.match(err.message, /\.env line 3 is not KEY=VALUE: this is not an assignment/);
@@ -187,6 +194,16 @@ describe('loadConfig', () => {
       }
     });
   }
+
+  // Regression: the URL check is a regex (`^https?://[^\s]+$`), so values that `new URL()` rejects
+  // load fine and only fail when the credential proxy parses ANTHROPIC_BASE_URL at the first run.
+  test('bug: an ANTHROPIC_BASE_URL that new URL() rejects passes validation and fails only at the first run', () => {
+    for (const value of ['http://127.0.0.1:99999', 'http://[::1', 'http://%zz']) {
+      assert.throws(() => new URL(value), TypeError);
+      const err = configError(() => load(undefined, { ANTHROPIC_BASE_URL: value }));
+      assert.ok(err.message.includes(`ANTHROPIC_BASE_URL=${JSON.stringify(value)}`), err.message);
+    }
+  });
 
   test('a value with a newline is still reported on one line', () => {
     const err = configError(() => load('TIMEZONE="Europe/\\nBerlin"\n'));

@@ -176,6 +176,18 @@ describe('detectSandbox', () => {
     );
   });
 
+  // Regression: with SANDBOX=auto an installed-but-unusable bwrap falls through to the "no runtime
+  // found: install bubblewrap" message, which is wrong advice; SANDBOX=bwrap gets it right.
+  test('bug: SANDBOX=auto with an installed bwrap that cannot create namespaces tells the user to install bubblewrap', () => {
+    assert.throws(
+      () => detectSandbox('auto', process.env.PATH, () => false),
+      (err: unknown) =>
+        err instanceof SandboxError &&
+        /cannot create namespaces/.test(err.message) &&
+        !err.message.includes('apt-get install'),
+    );
+  });
+
   test('SANDBOX=auto picks bwrap here', () => {
     assert.equal(detectSandbox('auto', process.env.PATH).kind, 'bwrap');
     assert.equal(detectSandbox('bwrap', process.env.PATH).kind, 'bwrap');
