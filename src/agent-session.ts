@@ -26,8 +26,6 @@ import { GUEST, groupMounts, groupPaths } from './mounts.js';
 import { cleanOutput, formatPrompt, needsWake } from './router.js';
 import type { Sandbox } from './sandbox/index.js';
 
-/** Claude Code tuning variables an operator may pass through to the sandboxed CLI. */
-export const PASS_THROUGH_ENV = ['CLAUDE_CODE_MAX_RETRIES', 'API_TIMEOUT_MS'] as const;
 const MAX_REPLY_CHARS = 40_000;
 
 export interface SessionDeps {
@@ -37,7 +35,6 @@ export interface SessionDeps {
   credential: ModelCredential;
   log: Logger;
   now: () => number;
-  passEnv: Readonly<Record<string, string>>;
   /** Called after a reply was committed to the outbox. */
   replied: (chatJid: string) => void;
   working: (chatJid: string, working: boolean) => void;
@@ -292,7 +289,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
         DISABLE_TELEMETRY: '1',
         DISABLE_AUTOUPDATER: '1',
-        ...deps.passEnv,
+        ...config.cliEnv,
         ...sdkEnv,
       },
     });

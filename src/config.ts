@@ -45,6 +45,9 @@ export interface Config {
   readonly sandboxMemory: string;
   readonly sandboxCpus: number;
   readonly sandboxPids: number;
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Claude Code tuning variables passed through to the sandboxed CLI. */
+  readonly cliEnv: Readonly<Record<string, string>>;
 }
 
 /** The checkout this file belongs to (dist/src/config.js or src/config.ts → two or three levels up). */
@@ -64,15 +67,16 @@ export function parseDotenv(text: string): Record<string, string> {
     const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
     if (!m) throw new ConfigError(`.env line ${i + 1} is not KEY=VALUE: ${line.slice(0, 40)}`);
     const [, key, rest = ''] = m as unknown as [string, string, string];
-    let value = rest;
-    const quote = value[0];
-    if ((quote === '"' || quote === "'") && value.length >= 2 && value.endsWith(quote)) {
-      value = value.slice(1, -1);
-      if (quote === '"') value = value.replace(/\\n/g, '\n').replace(/\\"/g, '"');
+    // A quoted value ends at its closing quote; only a comment may follow it.
+    const quoted = /^(["'])((?:\\.|(?!\1).)*)\1\s*(?:#.*)?$/.exec(rest);
+    if (quoted) {
+      const [, quote, body = ''] = quoted;
+      out[key] = quote === '"' ? body.replace(/\\n/g, '\n').replace(/\\(["\\])/g, '$1') : body;
+    } else if (/^["']/.test(rest)) {
+      throw new ConfigError(`.env line ${i + 1}: the quote in ${key}=… is never closed`);
     } else {
-      value = value.replace(/\s+#.*$/, '');
+      out[key] = rest.replace(/\s+#.*$/, '');
     }
-    out[key] = value;
   }
   return out;
 }
@@ -95,7 +99,13 @@ const bool = (name: string) =>
 const url = (name: string) =>
   z
     .string()
-    .refine((v) => /^https?:\/\/[^\s]+$/.test(v), `${name} must be an http(s) URL`)
+    .refine((v) => {
+      try {
+        return ['http:', 'https:'].includes(new URL(v).protocol);
+      } catch {
+        return false; // not a URL at all: the message below says what is expected
+      }
+    }, `${name} must be an http(s) URL`)
     .transform((v) => v.replace(/\/+$/, ''));
 const timezone = z.string().refine((tz) => {
   try {
@@ -153,6 +163,11 @@ const schema = z.object({
     .transform(Number)
     .default(1),
   SANDBOX_PIDS: int('SANDBOX_PIDS', 8, 1_000_000).default(256),
+  LOG_LEVEL: z
+    .enum(['debug', 'info', 'warn', 'error'], { error: 'LOG_LEVEL must be debug, info, warn or error' })
+    .default('info'),
+  CLAUDE_CODE_MAX_RETRIES: int('CLAUDE_CODE_MAX_RETRIES', 0, 100).optional(),
+  API_TIMEOUT_MS: int('API_TIMEOUT_MS', 1000, 2 ** 31 - 1).optional(),
 });
 
 const SECRETS = ['ANTHROPIC_API_KEY', 'CLAUDE_CODE_OAUTH_TOKEN', 'DISCORD_BOT_TOKEN', 'WEB_TOKEN'] as const;
@@ -238,5 +253,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
     sandboxMemory: v.SANDBOX_MEMORY,
     sandboxCpus: v.SANDBOX_CPUS,
     sandboxPids: v.SANDBOX_PIDS,
+    logLevel: v.LOG_LEVEL,
+    cliEnv: Object.freeze({
+      ...(v.CLAUDE_CODE_MAX_RETRIES !== undefined
+        ? { CLAUDE_CODE_MAX_RETRIES: String(v.CLAUDE_CODE_MAX_RETRIES) }
+        : {}),
+      ...(v.API_TIMEOUT_MS !== undefined ? { API_TIMEOUT_MS: String(v.API_TIMEOUT_MS) } : {}),
+    }),
   });
 }

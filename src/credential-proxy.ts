@@ -49,7 +49,9 @@ function presentedToken(req: http.IncomingMessage): string {
 }
 
 function refuse(res: http.ServerResponse, status: number, type: string, message: string): void {
-  res.writeHead(status, { 'content-type': 'application/json', 'x-proxy-error': 'blocked-by-allowlist' });
+  // The CLI reads this header on a 403 as "egress blocked"; other refusals must not carry it.
+  const blocked = status === 403 ? { 'x-proxy-error': 'blocked-by-allowlist' } : {};
+  res.writeHead(status, { 'content-type': 'application/json', ...blocked });
   res.end(JSON.stringify({ type: 'error', error: { type, message } }));
 }
 

@@ -1,15 +1,16 @@
 // Wiring only: load the config, start the orchestrator, handle signals. The only module that
 // calls process.exit or installs process handlers.
 import { ConfigError, loadConfig } from './config.js';
-import { createLogger, parseLevel } from './log.js';
+import { createLogger } from './log.js';
 import { startOrchestrator } from './orchestrator.js';
 import { SandboxError } from './sandbox/index.js';
 
 export async function main(): Promise<void> {
-  const log = createLogger(parseLevel(process.env.LOG_LEVEL), (line) => process.stderr.write(line));
+  let log = createLogger('info', (line) => process.stderr.write(line));
   let orchestrator: Awaited<ReturnType<typeof startOrchestrator>>;
   try {
     const config = loadConfig(process.env);
+    log = createLogger(config.logLevel, (line) => process.stderr.write(line));
     orchestrator = await startOrchestrator(config, { log, env: process.env });
   } catch (err) {
     if (err instanceof ConfigError || err instanceof SandboxError) {

@@ -18,7 +18,3 @@ export function createLogger(level: Level, write: (line: string) => void, now = 
 }
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
-
-export function parseLevel(v: string | undefined): Level {
-  return v === 'debug' || v === 'info' || v === 'warn' || v === 'error' ? v : 'info';
-}

@@ -4,7 +4,7 @@
 // unanswered and replies left undelivered by a crash are picked up again.
 import { copyFileSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { PASS_THROUGH_ENV, startAgentSession } from './agent-session.js';
+import { startAgentSession } from './agent-session.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
 import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
@@ -21,7 +21,7 @@ export interface OrchestratorDeps {
   log: Logger;
   now?: () => number;
   sandbox?: Sandbox;
-  /** Variables of the orchestrator's own environment (for PASS_THROUGH_ENV). */
+  /** The orchestrator's own environment: its PATH is where sandbox runtimes are looked up. */
   env?: NodeJS.ProcessEnv;
   retryBaseMs?: number;
   /** More channels (Discord, or a test's fake); each gets the ingest function. */
@@ -68,10 +68,6 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   const credential = credentialFrom(config);
   if (!credential)
     log.warn('no model credential: set ANTHROPIC_API_KEY in .env; answering with a notice until then');
-  const env = deps.env ?? {};
-  const passEnv = Object.fromEntries(
-    PASS_THROUGH_ENV.flatMap((k) => (env[k] !== undefined ? [[k, env[k] as string]] : [])),
-  );
   const timers = {
     // Unref'd: a pending idle close or retry never keeps a stopped orchestrator alive.
     setTimer: (fn: () => void, ms: number) => setTimeout(fn, Math.min(ms, 2 ** 31 - 1)).unref(),
@@ -104,7 +100,6 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
           credential: credential as ModelCredential,
           log,
           now,
-          passEnv,
           ...timers,
           replied: () => outbox.kick(),
           working: (chatJid, w) => channels.find((c) => c.owns(chatJid))?.setWorking(chatJid, w),

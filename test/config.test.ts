@@ -60,7 +60,7 @@ describe('parseDotenv', () => {
 
   // Regression: the quote check looks at the whole rest of the line, so a trailing comment after a
   // quoted value sends it down the unquoted path, which strips the comment but keeps the quotes.
-  test('bug: KEY="value" # comment in .env keeps the quotes in the value', () => {
+  test('regression: KEY="value" # comment in .env no longer keeps the quotes in the value', () => {
     const vars = parseDotenv(`ANTHROPIC_API_KEY="sk-ant-xyz" # personal key\nB='two' # note`);
     assert.deepEqual(vars, { ANTHROPIC_API_KEY: 'sk-ant-xyz', B: 'two' });
   });
@@ -197,7 +197,7 @@ describe('loadConfig', () => {
 
   // Regression: the URL check is a regex (`^https?://[^\s]+$`), so values that `new URL()` rejects
   // load fine and only fail when the credential proxy parses ANTHROPIC_BASE_URL at the first run.
-  test('bug: an ANTHROPIC_BASE_URL that new URL() rejects passes validation and fails only at the first run', () => {
+  test('regression: an ANTHROPIC_BASE_URL that new URL() rejects fails validation at start, not at the first run', () => {
     for (const value of ['http://127.0.0.1:99999', 'http://[::1', 'http://%zz']) {
       assert.throws(() => new URL(value), TypeError);
       const err = configError(() => load(undefined, { ANTHROPIC_BASE_URL: value }));

@@ -433,7 +433,7 @@ describe('createGroupQueue', () => {
     assert.equal(h.run('b').closes, 1);
   });
 
-  test('regression: new work for an agent closed to free a slot takes that slot from the group waiting for it', async () => {
+  test('regression: new work for an agent closed to free a slot no longer takes that slot from the group waiting for it', async () => {
     const h = harness({ maxConcurrent: 1 });
     h.queue.enqueue('a');
     h.run('a').hooks.idle();

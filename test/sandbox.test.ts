@@ -2,6 +2,7 @@
 // what a process inside can see. The only addresses used are 127.0.0.1 and 10.0.0.1 (which the
 // sandbox has no route to); nothing here can leave the machine.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -178,7 +179,7 @@ describe('detectSandbox', () => {
 
   // Regression: with SANDBOX=auto an installed-but-unusable bwrap falls through to the "no runtime
   // found: install bubblewrap" message, which is wrong advice; SANDBOX=bwrap gets it right.
-  test('bug: SANDBOX=auto with an installed bwrap that cannot create namespaces tells the user to install bubblewrap', () => {
+  test('regression: SANDBOX=auto with an installed bwrap that cannot create namespaces says so instead of asking to install it', () => {
     assert.throws(
       () => detectSandbox('auto', process.env.PATH, () => false),
       (err: unknown) =>
@@ -214,6 +215,44 @@ describe('detectSandbox', () => {
 describe('a real bwrap sandbox', () => {
   const root = mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-sandbox-'));
   after(() => rmSync(root, { recursive: true, force: true }));
+
+  // Regression: spawn() writes the options, /etc/passwd and /etc/hosts to fds 3-5 but never listens
+  // for 'error' on those streams. When bwrap exits before reading them (here: a mount source that
+  // does not exist, e.g. a deleted groups/global), the pipe errors (ECONNRESET/EPIPE) are unhandled
+  // and kill the whole orchestrator, even though the caller handles the child's own errors.
+  // Run in a separate process so the crash is observed rather than taking this runner down.
+  test('regression: a bwrap that exits before reading fds 3-5 no longer crashes the orchestrator with an unhandled pipe error', () => {
+    const bwrap = which('bwrap', process.env.PATH);
+    assert.ok(bwrap, 'bwrap must be installed for this test');
+    const module = new URL('../src/sandbox/bwrap.js', import.meta.url).href;
+    const script = `
+      import { createBwrapSandbox } from ${JSON.stringify(module)};
+      const child = createBwrapSandbox(${JSON.stringify(bwrap)}).spawn({
+        command: '/usr/bin/bash',
+        args: ['-c', 'true'],
+        env: { PATH: '/usr/bin:/bin' },
+        mounts: [{ host: ${JSON.stringify(path.join(root, 'missing'))}, guest: '/workspace/group', readonly: false }],
+        cwd: '/workspace/group',
+      });
+      let stderr = '';
+      child.on('error', (err) => console.log('spawn error ' + err.message));
+      child.stderr.on('data', (d) => { stderr += d; });
+      child.stdout.resume();
+      child.on('close', (code) => console.log(JSON.stringify({ code, stderr })));
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    assert.equal(r.stderr, '', 'the host process printed an error');
+    assert.equal(r.status, 0);
+    const closed = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as {
+      code?: number;
+      stderr?: string;
+    };
+    assert.equal(closed.code, 1);
+    assert.match(closed.stderr ?? '', /Can't find source path/);
+  });
 
   test('a process inside sees only its mounts and its env, as uid 1000 with no network', async (t) => {
     const bwrap = which('bwrap', process.env.PATH);

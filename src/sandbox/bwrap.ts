@@ -3,7 +3,7 @@
 // are generated and passed as data on fds 4 and 5. `--clearenv` drops every inherited variable.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import type { Sandbox, SandboxSpec } from './index.js';
+import { type Sandbox, SandboxError, type SandboxSpec } from './index.js';
 
 export const SANDBOX_UID = 1000;
 const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
@@ -50,6 +50,10 @@ export function bwrapOptions(spec: SandboxSpec, exists: (p: string) => boolean =
   opts.push('--clearenv');
   for (const [k, v] of Object.entries(spec.env)) opts.push('--setenv', k, v);
   opts.push('--chdir', spec.cwd);
+  // Options travel NUL-separated on fd 3: a NUL inside one would smuggle in another option.
+  const bad = opts.find((o) => o.includes('\0'));
+  if (bad !== undefined)
+    throw new SandboxError(`a sandbox option contains a NUL byte: ${JSON.stringify(bad.slice(0, 60))}`);
   return opts;
 }
 
@@ -73,6 +77,9 @@ export function createBwrapSandbox(bwrap: string): Sandbox {
         Writable,
         Writable,
       ];
+      // A bwrap that dies before reading its option fds (a missing mount source, say) breaks
+      // these pipes: that failure is reported through the child's exit, not as a crash here.
+      for (const fd of [fd3, fd4, fd5]) fd.on('error', () => {});
       fd3.end(
         bwrapOptions(spec)
           .map((s) => `${s}\0`)

@@ -65,7 +65,9 @@ export function detectSandbox(
       );
     }
     throw new SandboxError(
-      'no sandbox runtime found: install bubblewrap (sudo apt-get install -y bubblewrap), or set SANDBOX',
+      bwrap
+        ? `no sandbox runtime works: ${bwrap} cannot create namespaces here (enable unprivileged user namespaces)`
+        : 'no sandbox runtime found: install bubblewrap (sudo apt-get install -y bubblewrap), or set SANDBOX',
     );
   }
   throw new SandboxError(`SANDBOX=${wanted} is not available in this version yet: use SANDBOX=bwrap`);
