@@ -145,7 +145,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     return { stored: true, id, duplicate: !inserted };
   }
 
-  const web: WebChannel & { close?: () => Promise<void> } = createWebChannel({
+  const web: WebChannel = createWebChannel({
     host: config.webHost,
     port: config.webPort,
     token: config.webToken,
@@ -196,7 +196,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);
       await bounded(outbox.flush());
       outbox.stop();
-      await web.close?.();
+      for (const c of channels) await c.close();
       db.close();
     },
   };

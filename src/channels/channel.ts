@@ -29,6 +29,8 @@ export interface Channel {
   start(): Promise<void>;
   /** Stops taking messages in; sends may still happen until `close`. */
   stop(): Promise<void>;
+  /** Releases connections and servers, after the outbox was flushed. */
+  close(): Promise<void>;
   send(msg: OutboundMessage): Promise<{ platformId?: string }>;
   setWorking(chatJid: string, working: boolean): void;
 }

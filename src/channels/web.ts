@@ -233,5 +233,5 @@ export function createWebChannel(deps: WebDeps): WebChannel {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
-  } as WebChannel & { close(): Promise<void> };
+  };
 }
