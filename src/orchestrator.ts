@@ -117,11 +117,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   function route(jid: string): void {
     const group = db.group(jid);
     if (!group) return;
-    if (!credential) {
-      const pending = db.messagesAfter(jid, group.cursor).filter((m) => !m.fromMe);
-      if (needsWake(pending.slice(-1), group)) notice(jid, NO_CREDENTIAL_NOTICE);
-      return;
-    }
+    if (!credential) return notice(jid, NO_CREDENTIAL_NOTICE);
     queue.enqueue(jid);
   }
 
