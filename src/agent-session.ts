@@ -102,7 +102,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
   const abort = new AbortController();
   let delivered = group.cursor;
   /** Prompts handed over and not yet consumed by a finished turn, oldest first. */
-  const batches: { uuid: string; maxId: number }[] = [];
+  const batches: { uuid: string; maxId: number; replyTo?: string; threadId?: string }[] = [];
   let busy = false;
   let closing = false;
   let killed = false;
@@ -127,7 +127,14 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     if (pending.length === 0 || !needsWake(pending, current)) return false;
     const uuid = randomUUID();
     delivered = pending[pending.length - 1]?.id ?? delivered;
-    batches.push({ uuid, maxId: delivered });
+    // The reply references the newest message that woke the agent, in its thread.
+    const trigger = [...pending].reverse().find((m) => needsWake([m], current));
+    batches.push({
+      uuid,
+      maxId: delivered,
+      ...(trigger ? { replyTo: trigger.platformId } : {}),
+      ...(trigger?.threadId ? { threadId: trigger.threadId } : {}),
+    });
     inbox.push(formatPrompt(pending, { timezone: config.timezone }), uuid);
     return true;
   }
@@ -208,7 +215,16 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
           log.warn(`group ${group.folder}: reply of ${text.length} characters cut to ${MAX_REPLY_CHARS}`);
           text = `${text.slice(0, MAX_REPLY_CHARS)}\n[… reply cut: ${text.length - MAX_REPLY_CHARS} characters left out]`;
         }
-        db.enqueueReply({ chatJid: groupJid, text, cursor: batches[0]?.maxId, now: deps.now() });
+        const batch = batches[0];
+        db.enqueueReply({
+          chatJid: groupJid,
+          text,
+          cursor: batch?.maxId,
+          // Only the turn's first reply references the message it answers.
+          ...(batch?.replyTo && !turnAnswered ? { replyTo: batch.replyTo } : {}),
+          ...(batch?.threadId ? { threadId: batch.threadId } : {}),
+          now: deps.now(),
+        });
         turnAnswered = true;
         deps.replied(groupJid);
       }

@@ -217,6 +217,11 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
       `WEB_HOST=${v.WEB_HOST} is not loopback: set WEB_TOKEN so strangers cannot use the web chat`,
     );
   }
+  if (v.DISCORD_MAIN_CHANNEL_ID && !v.DISCORD_OWNER_ID) {
+    throw new ConfigError(
+      'DISCORD_MAIN_CHANNEL_ID is set but DISCORD_OWNER_ID is not: put your Discord user id in .env so only you wake the main chat',
+    );
+  }
   const egress = v.EGRESS_ALLOW?.split(',')
     .map((s) => s.trim())
     .filter(Boolean);

@@ -25,6 +25,14 @@ export interface StoredMessage {
   at: number;
   isBot: boolean;
   fromMe: boolean;
+  /** False for messages that may never wake the agent (bots, non-owners in a main chat). */
+  mayWake: boolean;
+  /** The message @mentions the assistant (counts as the trigger). */
+  mentionsMe: boolean;
+  /** The platform thread it was posted in, under the chat (replies go there). */
+  threadId: string | null;
+  /** Guest paths of downloaded attachments. */
+  attachments: string[];
 }
 
 export interface OutboxRow {
@@ -33,6 +41,9 @@ export interface OutboxRow {
   text: string;
   sender: string | null;
   replyTo: string | null;
+  threadId: string | null;
+  /** A file in the group folder to post (host path). */
+  file: string | null;
   status: 'pending' | 'sent' | 'failed';
   attempts: number;
   nextAttemptAt: number;
@@ -52,7 +63,8 @@ export interface RunRow {
   error: string | null;
 }
 
-export type NewMessage = Omit<StoredMessage, 'id'>;
+export type NewMessage = Omit<StoredMessage, 'id' | 'mayWake' | 'mentionsMe' | 'threadId' | 'attachments'> &
+  Partial<Pick<StoredMessage, 'mayWake' | 'mentionsMe' | 'threadId' | 'attachments'>>;
 export type NewGroup = Omit<Group, 'cursor' | 'createdAt'>;
 
 const MIGRATIONS: readonly string[] = [
@@ -94,6 +106,14 @@ const MIGRATIONS: readonly string[] = [
   INSERT INTO groups (jid, name, folder, trigger, requires_trigger, is_main, created_at)
     VALUES ('web:main', 'Web chat', 'main', '', 0, 1, 0);
   `,
+  `
+  ALTER TABLE messages ADD COLUMN may_wake INTEGER NOT NULL DEFAULT 1;
+  ALTER TABLE messages ADD COLUMN mentions_me INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE messages ADD COLUMN thread_id TEXT;
+  ALTER TABLE messages ADD COLUMN attachments TEXT;
+  ALTER TABLE outbox ADD COLUMN thread_id TEXT;
+  ALTER TABLE outbox ADD COLUMN file TEXT;
+  `,
 ];
 
 type Row = Record<string, unknown>;
@@ -121,6 +141,10 @@ const toMessage = (r: Row): StoredMessage => ({
   at: num(r.at),
   isBot: r.is_bot === 1,
   fromMe: r.from_me === 1,
+  mayWake: r.may_wake !== 0,
+  mentionsMe: r.mentions_me === 1,
+  threadId: strOrNull(r.thread_id),
+  attachments: r.attachments ? (JSON.parse(str(r.attachments)) as string[]) : [],
 });
 const toOutbox = (r: Row): OutboxRow => ({
   id: num(r.id),
@@ -128,6 +152,8 @@ const toOutbox = (r: Row): OutboxRow => ({
   text: str(r.text),
   sender: strOrNull(r.sender),
   replyTo: strOrNull(r.reply_to),
+  threadId: strOrNull(r.thread_id),
+  file: strOrNull(r.file),
   status: str(r.status) as OutboxRow['status'],
   attempts: num(r.attempts),
   nextAttemptAt: num(r.next_attempt_at),
@@ -163,12 +189,16 @@ export function openDb(file: string) {
        ON CONFLICT (jid) DO UPDATE SET name = excluded.name, seen_at = excluded.seen_at`,
     ),
     insertMessage: db.prepare(
-      `INSERT INTO messages (chat_jid, platform_id, sender, sender_name, text, at, is_bot, from_me)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chat_jid, platform_id) DO NOTHING`,
+      `INSERT INTO messages (chat_jid, platform_id, sender, sender_name, text, at, is_bot, from_me,
+         may_wake, mentions_me, thread_id, attachments)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chat_jid, platform_id) DO NOTHING`,
     ),
     messageByPlatformId: db.prepare('SELECT id FROM messages WHERE chat_jid = ? AND platform_id = ?'),
     messagesAfter: db.prepare('SELECT * FROM messages WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?'),
     latestMessageId: db.prepare('SELECT coalesce(max(id), 0) AS id FROM messages WHERE chat_jid = ?'),
+    lastPlatformId: db.prepare(
+      'SELECT platform_id FROM messages WHERE chat_jid = ? AND thread_id IS NULL ORDER BY id DESC LIMIT 1',
+    ),
     group: db.prepare('SELECT * FROM groups WHERE jid = ?'),
     groupByFolder: db.prepare('SELECT * FROM groups WHERE folder = ?'),
     groups: db.prepare('SELECT * FROM groups ORDER BY created_at, jid'),
@@ -191,8 +221,8 @@ export function openDb(file: string) {
          total_cost_usd = CASE WHEN session_id = excluded.session_id THEN total_cost_usd ELSE 0 END`,
     ),
     enqueue: db.prepare(
-      `INSERT INTO outbox (chat_jid, text, sender, reply_to, next_attempt_at, created_at)
-       VALUES (?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO outbox (chat_jid, text, sender, reply_to, thread_id, file, next_attempt_at, created_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     outboxDue: db.prepare(
       "SELECT * FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT 100",
@@ -229,11 +259,22 @@ export function openDb(file: string) {
       text: string;
       sender?: string;
       replyTo?: string;
+      threadId?: string;
+      file?: string;
       cursor?: number;
       now: number;
     }) => {
       const id = Number(
-        q.enqueue.run(r.chatJid, r.text, r.sender ?? null, r.replyTo ?? null, r.now, r.now).lastInsertRowid,
+        q.enqueue.run(
+          r.chatJid,
+          r.text,
+          r.sender ?? null,
+          r.replyTo ?? null,
+          r.threadId ?? null,
+          r.file ?? null,
+          r.now,
+          r.now,
+        ).lastInsertRowid,
       );
       // The reply and the cursor move together: after a crash a batch is either answered and
       // marked, or neither (DESIGN, Invariant 1).
@@ -260,6 +301,10 @@ export function openDb(file: string) {
         m.at,
         m.isBot ? 1 : 0,
         m.fromMe ? 1 : 0,
+        m.mayWake === false ? 0 : 1,
+        m.mentionsMe ? 1 : 0,
+        m.threadId ?? null,
+        m.attachments?.length ? JSON.stringify(m.attachments) : null,
       );
       if (info.changes === 1) return { id: Number(info.lastInsertRowid), inserted: true };
       const row = q.messageByPlatformId.get(m.chatJid, m.platformId) as Row;
@@ -267,6 +312,11 @@ export function openDb(file: string) {
     },
     messagesAfter(chatJid: string, afterId: number, limit = 10_000): StoredMessage[] {
       return (q.messagesAfter.all(chatJid, afterId, limit) as Row[]).map(toMessage);
+    },
+    /** The platform id of the newest stored message posted in the chat itself (not a thread). */
+    lastPlatformId(chatJid: string): string | undefined {
+      const r = q.lastPlatformId.get(chatJid) as Row | undefined;
+      return r ? str(r.platform_id) : undefined;
     },
     latestMessageId(chatJid: string): number {
       return num((q.latestMessageId.get(chatJid) as Row).id);

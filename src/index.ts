@@ -1,5 +1,6 @@
 // Wiring only: load the config, start the orchestrator, handle signals. The only module that
 // calls process.exit or installs process handlers.
+import { ChannelError } from './channels/channel.js';
 import { ConfigError, loadConfig } from './config.js';
 import { createLogger } from './log.js';
 import { startOrchestrator } from './orchestrator.js';
@@ -13,7 +14,7 @@ export async function main(): Promise<void> {
     log = createLogger(config.logLevel, (line) => process.stderr.write(line));
     orchestrator = await startOrchestrator(config, { log, env: process.env });
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof SandboxError) {
+    if (err instanceof ConfigError || err instanceof SandboxError || err instanceof ChannelError) {
       process.stderr.write(`nanoclaw: ${err.message}\n`);
     } else if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
       process.stderr.write(

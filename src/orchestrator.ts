@@ -6,6 +6,7 @@ import { copyFileSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs'
 import path from 'node:path';
 import { startAgentSession } from './agent-session.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
+import { createDiscordChannel } from './channels/discord.js';
 import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
 import type { ModelCredential } from './credential-proxy.js';
@@ -14,7 +15,7 @@ import { createGroupQueue } from './group-queue.js';
 import type { Logger } from './log.js';
 import { folderProblem, groupPaths } from './mounts.js';
 import { createOutbox } from './outbox.js';
-import { needsWake } from './router.js';
+import { needsWake, triggerFor } from './router.js';
 import { detectSandbox, type Sandbox } from './sandbox/index.js';
 
 export interface OrchestratorDeps {
@@ -24,8 +25,9 @@ export interface OrchestratorDeps {
   /** The orchestrator's own environment: its PATH is where sandbox runtimes are looked up. */
   env?: NodeJS.ProcessEnv;
   retryBaseMs?: number;
-  /** More channels (Discord, or a test's fake); each gets the ingest function. */
+  /** More channels (a test's fake); each gets the ingest function. */
   channels?: (ingest: (m: InboundMessage) => IngestResult) => Channel[];
+  discord?: { typingIntervalMs?: number };
 }
 
 export const NO_CREDENTIAL_NOTICE =
@@ -136,6 +138,10 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       at: m.at,
       isBot: m.isBot ?? false,
       fromMe: m.fromMe ?? false,
+      ...(m.mayWake === false ? { mayWake: false } : {}),
+      ...(m.mentionsMe ? { mentionsMe: true } : {}),
+      ...(m.threadId ? { threadId: m.threadId } : {}),
+      ...(m.attachments?.length ? { attachments: m.attachments } : {}),
     });
     if (inserted && !m.fromMe && needsWake([m], group)) route(m.chatJid);
     return { stored: true, id, duplicate: !inserted };
@@ -166,6 +172,34 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     }),
   });
   channels.push(web, ...(deps.channels?.(ingest) ?? []));
+  if (config.discordBotToken) {
+    const main = config.discordMainChannelId && `discord:${config.discordMainChannelId}`;
+    // DISCORD_MAIN_CHANNEL_ID is shorthand for `groups add discord:<id> --main`; a registration wins.
+    if (main && !db.group(main)) {
+      const folder = db.groupByFolder('discord-main')
+        ? `discord-main-${config.discordMainChannelId}`
+        : 'discord-main';
+      const trigger = triggerFor(config.assistantName);
+      db.addGroup(
+        { jid: main, name: 'Discord main', folder, trigger, requiresTrigger: false, isMain: true },
+        now(),
+      );
+    }
+    channels.push(
+      createDiscordChannel({
+        token: config.discordBotToken,
+        apiUrl: config.discordApiUrl,
+        ownerId: config.discordOwnerId,
+        wakeOnBots: config.discordWakeOnBots,
+        attachmentMaxBytes: config.attachmentMaxBytes,
+        groupsDir: config.groupsDir,
+        db,
+        log,
+        ingest,
+        ...(deps.discord?.typingIntervalMs ? { typingIntervalMs: deps.discord.typingIntervalMs } : {}),
+      }),
+    );
+  }
   for (const c of channels) await c.start();
   log.info(`web chat on http://${config.webHost}:${web.port()}/`);
 
@@ -181,6 +215,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     queue,
     web,
     ingest,
+    /** Delivers what is due in the outbox now (used after committing replies outside a run). */
+    deliver: () => outbox.kick(),
     /** SIGTERM: stop intake, let live agents close (bounded), flush the outbox, close. */
     async stop(graceMs = 10_000): Promise<void> {
       intake = false;

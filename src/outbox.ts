@@ -38,6 +38,8 @@ export function createOutbox(deps: OutboxDeps) {
           text: row.text,
           ...(row.sender ? { sender: row.sender } : {}),
           ...(row.replyTo ? { replyTo: row.replyTo } : {}),
+          ...(row.threadId ? { threadId: row.threadId } : {}),
+          ...(row.file ? { file: row.file } : {}),
         });
         deps.db.markSent(row.id, sent.platformId, deps.now());
       } catch (err) {

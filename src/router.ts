@@ -1,4 +1,4 @@
-// Routing decisions and the prompt wire format, as pure functions over plain data.
+// Routing decisions, the prompt wire format and reply splitting, as pure functions over plain data.
 //
 // The prompt an agent reads for a batch of chat messages:
 //
@@ -71,12 +71,14 @@ export function matchesTrigger(text: string, trigger: string): boolean {
 
 /** Whether a batch of new messages should start (or feed) the group's agent. */
 export function needsWake(
-  messages: readonly { text: string }[],
+  messages: readonly { text: string; mayWake?: boolean; mentionsMe?: boolean }[],
   group: { isMain: boolean; requiresTrigger: boolean; trigger: string },
 ): boolean {
-  if (group.isMain || !group.requiresTrigger) return messages.length > 0;
+  // mayWake false: bots, or not the owner in a main chat. An @mention counts as the trigger.
+  const candidates = messages.filter((m) => m.mayWake !== false);
+  if (group.isMain || !group.requiresTrigger) return candidates.length > 0;
   const pattern = triggerPattern(group.trigger);
-  return messages.some((message) => pattern.test(message.text));
+  return candidates.some((m) => m.mentionsMe === true || pattern.test(m.text));
 }
 
 // C0 controls except \t (09) and \n (0A), DEL, and C1 controls. \r goes too: "\r\n" becomes "\n".
@@ -285,4 +287,241 @@ export function cleanOutput(text: string): string {
     }
   }
   return out.trim();
+}
+
+// Replies are split for platforms that cap a message's length (Discord: 2000 UTF-16 code units).
+// Each chunk ends as late as it can at the best boundary its window offers: a blank line, a line
+// break, a sentence end, a space, else between two grapheme clusters (at worst two code points),
+// so an emoji is never torn. The whitespace at a cut is dropped, except the indentation of the line
+// the next chunk starts on. A cut inside a ``` block closes the fence at the end of its chunk and
+// reopens it, with the same info string, at the start of the next. A cut never falls inside a
+// fence line, nor where one side of the block would hold its fences but none of its body.
+
+const DEFAULT_SPLIT_LIMIT = 2_000;
+// Below this a reopened fence and its closer (up to 40 characters) would crowd out the text.
+const MIN_SPLIT_LIMIT = 100;
+// A longer info string is not repeated on reopening, so a reopener takes at most 36 characters.
+const MAX_REOPEN_INFO = 32;
+const FENCE_CLOSER = '\n```';
+// Like Discord, any line starting with ``` toggles a block; a line such as ```x``` is self-contained.
+const FENCE_LINE = /^[ \t]*```/;
+const SENTENCE_END = /[.!?。！？][)\]"'’”）」』]*$/;
+// CJK sentences need no space after them: the cut goes straight after the mark (and any closers).
+const CJK_SENTENCE_END = /[。！？][)\]"'’”）」』]*(?=[^\s)\]"'’”）」』])/g;
+// Whitespace a line must not break at.
+const NON_BREAKING = /^[\u00A0\u2007\u202F\uFEFF]+$/;
+
+interface Fence {
+  /** Start of the opening fence line. */
+  openLine: number;
+  /** Just past the opening backticks, and just past the closing ones (Infinity if never closed). */
+  from: number;
+  to: number;
+  /** The body's first non-whitespace character and the end of its last (both the closing line if blank). */
+  bodyStart: number;
+  bodyEnd: number;
+  /** End of the closing fence line (the text's end if never closed). */
+  closeLineEnd: number;
+  /** What a chunk that starts inside the block begins with. */
+  reopen: string;
+}
+
+interface OpenFence {
+  openLine: number;
+  from: number;
+  /** Start of the line after the opening fence line. */
+  bodyLine: number;
+  reopen: string;
+}
+
+function closeFence(
+  text: string,
+  open: OpenFence,
+  closeLine: number,
+  to: number,
+  closeLineEnd: number,
+): Fence {
+  const body = text.slice(open.bodyLine, closeLine);
+  const blank = body.trim() === '';
+  return {
+    openLine: open.openLine,
+    from: open.from,
+    to,
+    bodyStart: blank ? closeLine : open.bodyLine + body.length - body.trimStart().length,
+    bodyEnd: blank ? closeLine : open.bodyLine + body.trimEnd().length,
+    closeLineEnd,
+    reopen: open.reopen,
+  };
+}
+
+function findFences(text: string): Fence[] {
+  const fences: Fence[] = [];
+  let open: OpenFence | undefined;
+  for (let lineStart = 0; lineStart <= text.length; ) {
+    const newline = text.indexOf('\n', lineStart);
+    const lineEnd = newline === -1 ? text.length : newline;
+    const ticks = FENCE_LINE.exec(text.slice(lineStart, lineEnd));
+    if (ticks) {
+      const from = lineStart + ticks[0].length;
+      const info = text.slice(from, lineEnd).trim();
+      if (open) {
+        fences.push(closeFence(text, open, lineStart, from, lineEnd));
+        open = undefined;
+      } else if (!info.includes('```')) {
+        const reopen = `\`\`\`${info.length <= MAX_REOPEN_INFO ? info : ''}\n`;
+        open = { openLine: lineStart, from, bodyLine: lineEnd + 1, reopen };
+      }
+    }
+    lineStart = lineEnd + 1;
+  }
+  if (open) fences.push(closeFence(text, open, text.length, Number.POSITIVE_INFINITY, text.length));
+  return fences;
+}
+
+/** The block a chunk ending at `end` leaves open, if any. */
+function openFenceAt(fences: readonly Fence[], end: number): Fence | undefined {
+  return fences.find((f) => f.from <= end && end < f.to);
+}
+
+/** Whether a chunk ending at `end` would cut a fence line, or part a block's fences from its body. */
+function breaksFence(fences: readonly Fence[], end: number): boolean {
+  return fences.some(
+    (f) => (end > f.openLine && end <= f.bodyStart) || (end >= f.bodyEnd && end < f.closeLineEnd),
+  );
+}
+
+/**
+ * Where the chunk after a cut at `from` starts: past the whitespace there, but at the start of the
+ * line it lands on when that keeps an indentation shorter than `maxIndent`.
+ */
+function resumeAt(text: string, from: number, maxIndent: number): number {
+  const space = /\s*/y;
+  space.lastIndex = from;
+  const run = space.exec(text)?.[0] ?? '';
+  const stop = from + run.length;
+  const newline = run.lastIndexOf('\n');
+  // The text's start is a line start too; any other cut follows a non-space character.
+  const lineStart = newline >= 0 ? from + newline + 1 : from === 0 ? 0 : stop;
+  return stop - lineStart < maxIndent ? lineStart : stop;
+}
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
+}
+
+function isLowSurrogate(code: number): boolean {
+  return code >= 0xdc00 && code <= 0xdfff;
+}
+
+/** The latest of `ends` (ascending) that `fits`. */
+function latest(ends: readonly number[], fits: (end: number) => boolean): number | undefined {
+  for (let i = ends.length - 1; i >= 0; i--) if (fits(ends[i]!)) return ends[i];
+  return undefined;
+}
+
+/** The fences (in text order, not overlapping) that reach into the range `from`..`to`. */
+function fencesNear(fences: readonly Fence[], from: number, to: number): Fence[] {
+  let low = 0;
+  let high = fences.length;
+  while (low < high) {
+    const mid = (low + high) >>> 1;
+    if (fences[mid]!.closeLineEnd <= from) low = mid + 1;
+    else high = mid;
+  }
+  const near: Fence[] = [];
+  for (let i = low; i < fences.length && fences[i]!.openLine < to; i++) near.push(fences[i]!);
+  return near;
+}
+
+/**
+ * Where the chunk starting at `pos` ends: the latest boundary of the best kind such that the chunk,
+ * plus a fence closer if it ends inside a block, takes at most `room` characters.
+ */
+function chooseCutEnd(text: string, fences: readonly Fence[], pos: number, room: number): number {
+  const content = pos + (/^\s*/.exec(text.slice(pos, pos + room))?.[0].length ?? 0);
+  const fits = (end: number): boolean =>
+    end > content &&
+    !breaksFence(fences, end) &&
+    end - pos + (openFenceAt(fences, end) ? FENCE_CLOSER.length : 0) <= room;
+
+  const paragraphs: number[] = [];
+  const lines: number[] = [];
+  const sentences: number[] = [];
+  const spaces: number[] = [];
+  // Only boundaries inside the window matter; a run of whitespace that reaches past it is followed
+  // to its end, since its line breaks decide its kind.
+  const view = text.slice(pos, pos + room + 1);
+  for (const m of view.matchAll(/\s+/g)) {
+    const start = pos + m.index;
+    const whole = /\s+/y;
+    whole.lastIndex = start;
+    const run = m.index + m[0].length < view.length ? m[0] : (whole.exec(text)?.[0] ?? m[0]);
+    const newlines = run.split('\n').length - 1;
+    if (newlines >= 2) paragraphs.push(start);
+    else if (newlines === 1) lines.push(start);
+    else if (NON_BREAKING.test(run)) continue;
+    else if (SENTENCE_END.test(text.slice(Math.max(pos, start - 8), start))) sentences.push(start);
+    else spaces.push(start);
+  }
+  for (const m of view.matchAll(CJK_SENTENCE_END)) sentences.push(pos + m.index + m[0].length);
+  sentences.sort((a, b) => a - b);
+  for (const ends of [paragraphs, lines, sentences, spaces]) {
+    const end = latest(ends, fits);
+    if (end !== undefined) return end;
+  }
+
+  // No boundary: cut inside a word, between grapheme clusters if the window has such a boundary.
+  const last = Math.min(pos + room, text.length);
+  const inWord = (end: number): boolean => /\S/.test(text[end - 1] ?? ' ') && /\S/.test(text[end] ?? ' ');
+  const graphemes = new Intl.Segmenter(undefined, { granularity: 'grapheme' }).segment(
+    text.slice(pos, last + 16),
+  );
+  for (let end = last; end > content; end--) {
+    if (graphemes.containing(end - pos)?.index === end - pos && inWord(end) && fits(end)) return end;
+  }
+  for (let end = last; end > content; end--) {
+    const splitsPair = isHighSurrogate(text.charCodeAt(end - 1)) && isLowSurrogate(text.charCodeAt(end));
+    if (!splitsPair && inWord(end) && fits(end)) return end;
+  }
+
+  // Only a pathological text gets here (say, a fence line longer than the limit): cut as late as a
+  // closer still fits and let the fences fall where they may.
+  let end = pos + room - FENCE_CLOSER.length;
+  if (isHighSurrogate(text.charCodeAt(end - 1)) && isLowSurrogate(text.charCodeAt(end))) end -= 1;
+  return pos + text.slice(pos, end).trimEnd().length;
+}
+
+/**
+ * Splits text into chunks of at most `limit` characters (UTF-16 code units, as Discord counts), on
+ * natural boundaries, as described above. A text that fits is returned whole and untouched; a blank
+ * one gives no chunks. Throws a RangeError for a `limit` that is not an integer of at least 100.
+ */
+export function splitMessage(text: string, limit = DEFAULT_SPLIT_LIMIT): string[] {
+  if (!Number.isInteger(limit) || limit < MIN_SPLIT_LIMIT) {
+    throw new RangeError(`limit must be an integer of at least ${MIN_SPLIT_LIMIT}; got ${limit}`);
+  }
+  if (text.trim() === '') return [];
+  if (text.length <= limit) return [text];
+
+  const fences = findFences(text);
+  // Room for a reopener, a closer and some text besides any indentation kept at a chunk's start.
+  const maxIndent = limit / 2;
+  const end = text.trimEnd().length;
+  const chunks: string[] = [];
+  let reopen = '';
+  let pos = resumeAt(text, 0, maxIndent);
+  while (pos < end) {
+    const room = limit - reopen.length;
+    if (end - pos <= room) {
+      chunks.push(reopen + text.slice(pos, end));
+      break;
+    }
+    const nearby = fencesNear(fences, pos, pos + room);
+    const cut = chooseCutEnd(text, nearby, pos, room);
+    const open = openFenceAt(nearby, cut);
+    chunks.push(reopen + text.slice(pos, cut) + (open ? FENCE_CLOSER : ''));
+    reopen = open?.reopen ?? '';
+    pos = resumeAt(text, cut, maxIndent);
+  }
+  return chunks;
 }

@@ -8,6 +8,7 @@ import {
   matchesTrigger,
   needsWake,
   type PromptMessage,
+  splitMessage,
   triggerFor,
 } from '../src/router.js';
 
@@ -541,4 +542,206 @@ describe('cleanOutput', () => {
       assert.equal(cleanOutput(input), expected);
     });
   }
+});
+
+describe('splitMessage', () => {
+  /** Lines that open or close a code block, as Discord reads them. */
+  const fenceLines = (s: string): string[] =>
+    s
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line.startsWith('```'));
+  const withoutFenceLines = (s: string): string =>
+    s
+      .split('\n')
+      .filter((line) => !line.trimStart().startsWith('```'))
+      .join('\n');
+  const nonSpace = (s: string): string => s.replace(/\s+/g, '');
+  const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+  /** A paragraph of `length` characters made of sentences, starting and ending with a letter or period. */
+  function paragraph(length: number, seed: number): string {
+    const text = `Sentence ${seed} says something worth reading, then stops. `.repeat(Math.ceil(length / 40));
+    return `${text.slice(0, length - 1)}.`;
+  }
+
+  test('a short text is one chunk', () => {
+    assert.deepEqual(splitMessage('hello'), ['hello']);
+    assert.deepEqual(splitMessage('  kept as written \n'), ['  kept as written \n']);
+  });
+
+  test('exactly-limit text is one chunk', () => {
+    assert.deepEqual(splitMessage('a'.repeat(2_000)), ['a'.repeat(2_000)]);
+    const words = 'word '.repeat(20).slice(0, 100);
+    assert.deepEqual(splitMessage(words, 100), [words]);
+  });
+
+  test('a 4,500-character text of paragraphs splits into three chunks each ≤ 2000 at paragraph breaks', () => {
+    const paragraphs = [...Array.from({ length: 8 }, (_, i) => paragraph(498, i)), paragraph(500, 8)];
+    const text = paragraphs.join('\n\n');
+    assert.equal(text.length, 4_500);
+    const chunks = splitMessage(text);
+    assert.equal(chunks.length, 3);
+    for (const chunk of chunks) assert.ok(chunk.length <= 2_000, `length ${chunk.length}`);
+    assert.equal(chunks.join('\n\n'), text);
+  });
+
+  test('lines without paragraphs split at line breaks', () => {
+    const lines = Array.from({ length: 60 }, (_, i) => `${i}: first part. Second part! ${'x'.repeat(50)}`);
+    const text = lines.join('\n');
+    const chunks = splitMessage(text);
+    assert.ok(chunks.length >= 2);
+    for (const chunk of chunks) assert.ok(chunk.length <= 2_000);
+    assert.equal(chunks.join('\n'), text);
+  });
+
+  test('one long paragraph of sentences splits at sentence ends', () => {
+    const ends = ['.', '!', '?'];
+    const text = Array.from(
+      { length: 120 },
+      (_, i) => `Sentence ${i} has a few words in it${ends[i % 3]}`,
+    ).join(' ');
+    const chunks = splitMessage(text);
+    assert.ok(chunks.length >= 2);
+    for (const chunk of chunks) assert.ok(chunk.length <= 2_000);
+    for (const chunk of chunks.slice(0, -1)) assert.match(chunk, /[.!?]$/);
+    assert.equal(chunks.join(' '), text);
+
+    const cjk = Array.from({ length: 40 }, (_, i) => `这是第${i}句话，没有空格${i % 2 ? '！' : '。'}`).join(
+      '',
+    );
+    const cjkChunks = splitMessage(cjk, 100);
+    for (const chunk of cjkChunks) assert.ok(chunk.length <= 100);
+    for (const chunk of cjkChunks.slice(0, -1)) assert.match(chunk, /[。！]$/);
+    assert.equal(cjkChunks.join(''), cjk);
+  });
+
+  test('a text with no spaces is hard-cut and no surrogate pair (emoji) is split', () => {
+    // The emoji sit at odd offsets, so a cut at 2000 would fall between the halves of one.
+    const text = `x${'😀'.repeat(2_500)}`;
+    const chunks = splitMessage(text);
+    assert.equal(chunks.join(''), text);
+    assert.equal(chunks[0]?.length, 1_999);
+    for (const chunk of chunks) {
+      assert.ok(chunk.length <= 2_000);
+      assert.doesNotMatch(chunk, LONE_SURROGATE);
+    }
+  });
+
+  test('a hard cut keeps a family emoji whole when the window allows', () => {
+    const family = '👩‍👩‍👧‍👦';
+    const chunks = splitMessage(family.repeat(50), 100);
+    assert.ok(chunks.length >= 2);
+    for (const chunk of chunks) {
+      assert.ok(chunk.length <= 100);
+      assert.match(chunk, /^(?:👩‍👩‍👧‍👦)+$/u);
+    }
+  });
+
+  test('a long code block split across chunks keeps every chunk fences balanced, reopens with the language tag, and no chunk exceeds the limit', () => {
+    const code = Array.from(
+      { length: 150 },
+      (_, i) => `${'  '.repeat(i % 4)}const value${i} = compute(${i}, "text with spaces. And periods.");`,
+    );
+    const text = `Here is the code:\n\n\`\`\`ts\n${code.join('\n')}\n\`\`\`\n\nThat is all.`;
+    const chunks = splitMessage(text);
+    assert.ok(chunks.length >= 3);
+    const original = new Set(code);
+    for (const [i, chunk] of chunks.entries()) {
+      assert.ok(chunk.length <= 2_000, `chunk ${i} has ${chunk.length} characters`);
+      assert.equal(fenceLines(chunk).length % 2, 0, `chunk ${i} has unbalanced fences`);
+      if (i > 0) assert.ok(chunk.startsWith('```ts\n'), `chunk ${i} reopens the block`);
+      // Cut at line breaks only, with indentation intact: every code line is an original line.
+      for (const line of withoutFenceLines(chunk).split('\n')) {
+        if (line.startsWith('const') || line.startsWith(' ')) assert.ok(original.has(line), line);
+      }
+    }
+    assert.ok(chunks.at(-1)?.endsWith('```\n\nThat is all.'));
+    assert.equal(nonSpace(withoutFenceLines(chunks.join('\n'))), nonSpace(withoutFenceLines(text)));
+  });
+
+  function mulberry32(seed: number): () => number {
+    let a = seed >>> 0;
+    return () => {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = a;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
+    };
+  }
+
+  function generateText(random: () => number): string {
+    const int = (n: number): number => Math.floor(random() * n);
+    const pick = <T>(items: readonly T[]): T => items[int(items.length)]!;
+    const letters = 'abcdefghijklmnopqrstuvwxyzéß中文';
+    const word = (): string => {
+      if (random() < 0.05) return pick(['😀', '👩‍👩‍👧‍👦', '🇩🇪', 'e\u0301', '🦀🦀🦀']);
+      if (random() < 0.01) return 'w'.repeat(50 + int(400));
+      return Array.from({ length: 1 + int(10) }, () => pick(Array.from(letters))).join('');
+    };
+    const separators = [' ', ' ', ' ', ' ', ' ', ' ', ', ', '. ', '! ', '? ', '。', '\n', '\n\n', '\t'];
+    const target = int(6_000);
+    let text = '';
+    while (text.length < target) {
+      if (random() < 0.03) {
+        const lines = Array.from({ length: int(40) }, () =>
+          random() < 0.05
+            ? 'x'.repeat(int(300))
+            : ' '.repeat(int(9)) + Array.from({ length: 1 + int(12) }, word).join(' '),
+        );
+        text += `\n\`\`\`${pick(['ts', 'py', '', 'c++'])}\n${lines.join('\n')}\n\`\`\`\n`;
+      } else {
+        text += word() + pick(separators);
+      }
+    }
+    return text;
+  }
+
+  test('the content survives: over 200 generated texts, chunks fit, fences balance and no text is lost', () => {
+    const random = mulberry32(20_260_127);
+    for (let n = 0; n < 200; n++) {
+      const text = generateText(random);
+      const limit = 100 + Math.floor(random() * 1_901);
+      const where = `text ${n}, limit ${limit}`;
+      const chunks = splitMessage(text, limit);
+      if (text.trim() === '') assert.deepEqual(chunks, [], where);
+      else if (text.length <= limit) assert.deepEqual(chunks, [text], where);
+      for (const [i, chunk] of chunks.entries()) {
+        assert.ok(chunk.length <= limit, `${where}: chunk ${i} has ${chunk.length} characters`);
+        assert.match(chunk, /\S/, `${where}: chunk ${i} is blank`);
+        assert.equal(fenceLines(chunk).length % 2, 0, `${where}: chunk ${i} has unbalanced fences`);
+        assert.doesNotMatch(chunk, LONE_SURROGATE, `${where}: chunk ${i} splits a surrogate pair`);
+        // The generated texts never put two fence lines together, so a pair would be a block emptied
+        // by a cut next to its fence.
+        assert.doesNotMatch(chunk, /^[ \t]*```.*\n[ \t]*```/m, `${where}: chunk ${i} has an empty block`);
+      }
+      // Added closers and reopeners are fence lines, so dropping every fence line leaves the text.
+      assert.equal(
+        nonSpace(chunks.map(withoutFenceLines).join('')),
+        nonSpace(withoutFenceLines(text)),
+        where,
+      );
+      // The original fences are all still there, in order, among the added ones.
+      const added = fenceLines(chunks.join('\n'));
+      let matched = 0;
+      for (const line of added) if (line === fenceLines(text)[matched]) matched += 1;
+      assert.equal(matched, fenceLines(text).length, where);
+    }
+  });
+
+  test('empty text gives no chunks', () => {
+    assert.deepEqual(splitMessage(''), []);
+    assert.deepEqual(splitMessage(' \n\t\n '), []);
+    assert.deepEqual(splitMessage(' '.repeat(5_000)), []);
+  });
+
+  test('limit < 100 throws', () => {
+    assert.throws(() => splitMessage('hi', 99), {
+      name: 'RangeError',
+      message: /limit must be an integer of at least 100; got 99/,
+    });
+    assert.throws(() => splitMessage('hi', 150.5), { name: 'RangeError' });
+    assert.throws(() => splitMessage('hi', Number.NaN), { name: 'RangeError' });
+  });
 });

@@ -13,6 +13,14 @@ export interface InboundMessage {
   at: number;
   isBot?: boolean;
   fromMe?: boolean;
+  /** False when the message may never wake the agent (bots, non-owners in a main chat). */
+  mayWake?: boolean;
+  /** An @mention of the assistant: counts as the trigger. */
+  mentionsMe?: boolean;
+  /** Posted in this thread under the chat; replies go there. */
+  threadId?: string;
+  /** Guest paths (under /workspace/group) of attachments already downloaded. */
+  attachments?: string[];
 }
 
 export interface OutboundMessage {
@@ -20,7 +28,11 @@ export interface OutboundMessage {
   chatJid: string;
   text: string;
   sender?: string;
+  /** The platform message the reply references. */
   replyTo?: string;
+  threadId?: string;
+  /** Host path of a file in the group folder to post with the text. */
+  file?: string;
 }
 
 export interface Channel {

@@ -49,6 +49,7 @@ export async function startApp(opts: {
   home?: string;
   env?: Record<string, string>;
   retryBaseMs?: number;
+  discord?: { typingIntervalMs?: number };
 }): Promise<TestApp> {
   const home = opts.home ?? tempHome();
   const env = testEnv(home, opts.baseUrl, opts.env);
@@ -59,6 +60,7 @@ export async function startApp(opts: {
     log,
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
     ...(opts.retryBaseMs !== undefined ? { retryBaseMs: opts.retryBaseMs } : {}),
+    ...(opts.discord ? { discord: opts.discord } : {}),
   });
   const port = orch.web.port();
   return {
