@@ -60,7 +60,7 @@ export function ensureGroupFolder(config: Config, folder: string, isMain: boolea
 export async function startOrchestrator(config: Config, deps: OrchestratorDeps) {
   const { log } = deps;
   const now = deps.now ?? Date.now;
-  const sandbox = deps.sandbox ?? detectSandbox(config.sandbox, (deps.env ?? {}).PATH);
+  const sandbox = deps.sandbox ?? detectSandbox(config.sandbox, deps.env?.PATH);
   log.info(`sandbox: ${sandbox.kind}`);
   const db: Db = openDb(path.join(config.storeDir, 'messages.db'));
   db.abandonRuns(now());
@@ -119,7 +119,10 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   function route(jid: string): void {
     const group = db.group(jid);
     if (!group) return;
-    if (!credential) return notice(jid, NO_CREDENTIAL_NOTICE);
+    if (!credential) {
+      notice(jid, NO_CREDENTIAL_NOTICE);
+      return;
+    }
     queue.enqueue(jid);
   }
 

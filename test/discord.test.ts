@@ -32,6 +32,7 @@ interface World {
 }
 
 let n = 0;
+let current: World | undefined;
 async function world(opts: { env?: Record<string, string>; botPermissions?: bigint } = {}): Promise<World> {
   const discord = await FakeDiscord.start();
   const bot = discord.addBot(TOKEN, 'Krabby');
@@ -66,7 +67,8 @@ async function world(opts: { env?: Record<string, string>; botPermissions?: bigi
     },
     Date.now(),
   );
-  return { discord, bot, owner, stranger, guildId: guild.id, channelId, mainId, app };
+  current = { discord, bot, owner, stranger, guildId: guild.id, channelId, mainId, app };
+  return current;
 }
 
 /** The fake model's script for the current world's app. */
@@ -76,7 +78,6 @@ function script(_w: World, steps: Parameters<FakeAnthropic['script']>[1]) {
 
 const fromBot = (w: World) => (m: APIMessage) => m.author.id === w.bot.id && !m.webhook_id;
 
-let current: World | undefined;
 afterEach(async () => {
   if (!current) return;
   await current.app.stop();
@@ -87,7 +88,7 @@ afterEach(async () => {
 
 describe('Discord', () => {
   test('a trigger in a guild channel gets a reply that references it, with a nonce', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('hello family') }]);
     const asked = w.discord.injectMessage({
       channelId: w.channelId,
@@ -113,7 +114,7 @@ describe('Discord', () => {
   });
 
   test('a DM registered without a trigger is answered in the DM', async () => {
-    const w = (current = await world());
+    const w = await world();
     const dm = w.discord.addDM(w.owner, TOKEN).id;
     w.app.orch.db.addGroup(
       {
@@ -134,7 +135,7 @@ describe('Discord', () => {
   });
 
   test('an @mention of the bot counts as the trigger', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('you called') }]);
     w.discord.injectMessage({
       channelId: w.channelId,
@@ -148,7 +149,7 @@ describe('Discord', () => {
   });
 
   test('a message in a thread under a registered channel is answered in the thread', async () => {
-    const w = (current = await world());
+    const w = await world();
     const thread = w.discord.addThread(w.channelId, 'planning').id;
     const s = script(w, [{ reply: text('in the thread') }]);
     w.discord.injectMessage({ channelId: thread, author: w.owner, content: '@Krabby plan it' });
@@ -159,7 +160,7 @@ describe('Discord', () => {
   });
 
   test('an untriggered message is stored, not answered, and is in the next triggered prompt', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('noted both') }]);
     w.discord.injectMessage({
       channelId: w.channelId,
@@ -183,7 +184,7 @@ describe('Discord', () => {
   });
 
   test('a 4,500-character reply arrives as three posts of at most 2000 characters, fences intact', async () => {
-    const w = (current = await world());
+    const w = await world();
     const code = Array.from({ length: 60 }, (_, i) => `const line${i} = ${i};`).join('\n');
     const prose = Array.from({ length: 3 }, (_, i) => `Paragraph ${i}. ${'word '.repeat(108).trim()}.`).join(
       '\n\n',
@@ -207,7 +208,7 @@ describe('Discord', () => {
   });
 
   test('the typing indicator is sent repeatedly while the agent works', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('done thinking', { delayMs: 900 }) }]);
     w.discord.injectMessage({ channelId: w.channelId, author: w.owner, content: '@Krabby think' });
     await w.discord.nextMessage(fromBot(w));
@@ -216,7 +217,7 @@ describe('Discord', () => {
   });
 
   test('a message sent while the connection is down is answered once after the resume', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('still here') }]);
     w.discord.dropConnections();
     w.discord.injectMessage({ channelId: w.channelId, author: w.owner, content: '@Krabby are you there?' });
@@ -227,7 +228,7 @@ describe('Discord', () => {
   });
 
   test('after an invalidated session the missed message is fetched and answered once', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('first') }, { reply: text('caught up') }]);
     w.discord.injectMessage({ channelId: w.channelId, author: w.owner, content: '@Krabby one' });
     await w.discord.nextMessage(fromBot(w));
@@ -242,7 +243,7 @@ describe('Discord', () => {
   });
 
   test('a post stored by Discord but answered with 500 exists exactly once after the retry', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('only once') }]);
     w.discord.fail({
       method: 'POST',
@@ -262,7 +263,7 @@ describe('Discord', () => {
   });
 
   test('a message can be posted under a sender name through a webhook, with a prefix in a DM, and a file', async () => {
-    const w = (current = await world());
+    const w = await world();
     const db = w.app.orch.db;
     const jid = `discord:${w.channelId}`;
     db.enqueueReply({ chatJid: jid, text: 'findings ready', sender: 'Researcher', now: Date.now() });
@@ -302,7 +303,7 @@ describe('Discord', () => {
   });
 
   test('bots, its own webhook posts and a non-owner in the main chat never wake the agent', async () => {
-    const w = (current = await world());
+    const w = await world();
     const s = script(w, [{ reply: text('only the owner') }]);
     const otherBot = w.discord.addBot('other-bot-token', 'Helper');
     const main = `discord:${w.mainId}`;

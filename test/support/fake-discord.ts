@@ -15,6 +15,7 @@
  *   channel" (discord.js's DMChannel has no webhook methods, so only raw REST gets there); on a thread
  *   400/50024. Webhook posts carry `webhook_id`, `author.bot: true` and the requested username.
  * - Every created message is echoed as MESSAGE_CREATE, as Discord does. Unknown routes: 404 + `unhandled`.
+ * - Attachment bytes (injected or uploaded) are served by this server at each attachment's `url`.
  * - The @everyone role has no permissions and one "bots" role holds the guild's `botPermissions`, so
  *   discord.js's `permissionsFor(me)` is exactly what the test configured. Every bot is in every guild.
  *
