@@ -3,7 +3,16 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import type { APIMessage, APIUser } from 'discord.js';
@@ -180,6 +189,47 @@ describe('Discord', () => {
     await w.discord.nextMessage(fromBot(w));
     assert.equal(s.requests.filter((r) => r.kind === 'main').length, 1);
     assert.match(s.requests[0]?.lastUserText() ?? '', /meeting moved to 5pm[\s\S]*when is the meeting/);
+    s.assertDone();
+  });
+
+  test('an attachment is downloaded into the group folder under a safe name and named in the prompt', async () => {
+    const w = await world();
+    const s = script(w, [{ reply: text('got the file') }]);
+    w.discord.injectMessage({
+      channelId: w.channelId,
+      author: w.owner,
+      content: '@Krabby read this',
+      attachments: [{ filename: '../../etc/evil name?.txt', data: Buffer.from('attached bytes') }],
+    });
+    await w.discord.nextMessage(fromBot(w));
+    const dir = path.join(w.app.home, 'groups', 'family', 'attachments');
+    const files = readdirSync(dir);
+    assert.equal(files.length, 1);
+    assert.match(files[0] ?? '', /^\d+-evil name_\.txt$/);
+    assert.equal(readFileSync(path.join(dir, files[0] ?? ''), 'utf8'), 'attached bytes');
+    assert.match(
+      s.requests[0]?.lastUserText() ?? '',
+      new RegExp(`<attachment path="/workspace/group/attachments/${files[0]}"/>`),
+    );
+    s.assertDone();
+  });
+
+  test('an attachments folder that is a symlink is never written through', async () => {
+    const w = await world();
+    const s = script(w, [{ reply: text('answered anyway') }]);
+    const elsewhere = mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-elsewhere-'));
+    mkdirSync(path.join(w.app.home, 'groups', 'family'), { recursive: true });
+    symlinkSync(elsewhere, path.join(w.app.home, 'groups', 'family', 'attachments'));
+    w.discord.injectMessage({
+      channelId: w.channelId,
+      author: w.owner,
+      content: '@Krabby here',
+      attachments: [{ filename: 'x.txt', data: Buffer.from('planted') }],
+    });
+    await w.discord.nextMessage(fromBot(w));
+    assert.deepEqual(readdirSync(elsewhere), []);
+    assert.match(w.app.logs.join(''), /attachments of \d+ not stored/);
+    rmSync(elsewhere, { recursive: true, force: true });
     s.assertDone();
   });
 
