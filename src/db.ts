@@ -116,6 +116,9 @@ const MIGRATIONS: readonly string[] = [
   `,
 ];
 
+/** The schema version this NanoClaw migrates a store to. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
 type Row = Record<string, unknown>;
 const num = (v: unknown): number => Number(v ?? 0);
 const str = (v: unknown): string => String(v ?? '');

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { type Db, type NewMessage, openDb } from '../src/db.js';
+import { type Db, type NewMessage, openDb, SCHEMA_VERSION } from '../src/db.js';
 
 const dirs: string[] = [];
 after(() => {
@@ -52,7 +52,7 @@ function addDiscordGroup(db: Db, jid = DISCORD, folder = 'family', now = 5_000) 
 describe('migrations', () => {
   test('a new store is migrated to the latest user_version', (t) => {
     const db = memoryDb(t);
-    assert.equal(db.raw.pragma('user_version', { simple: true }), 1);
+    assert.equal(db.raw.pragma('user_version', { simple: true }), SCHEMA_VERSION);
   });
 
   test('reopening a file store is a no-op that keeps its data', () => {
@@ -65,7 +65,7 @@ describe('migrations', () => {
 
     const second = openDb(file);
     try {
-      assert.equal(second.raw.pragma('user_version', { simple: true }), 1);
+      assert.equal(second.raw.pragma('user_version', { simple: true }), SCHEMA_VERSION);
       assert.deepEqual(
         second.messagesAfter('web:main', 0).map((m) => m.id),
         [id],
@@ -90,7 +90,9 @@ describe('migrations', () => {
     raw.close();
     assert.throws(
       () => openDb(file),
-      /store schema version 99 is newer than this NanoClaw \(1\): upgrade NanoClaw/,
+      new RegExp(
+        `store schema version 99 is newer than this NanoClaw \\(${SCHEMA_VERSION}\\): upgrade NanoClaw`,
+      ),
     );
   });
 });
@@ -188,6 +190,10 @@ describe('messages and cursors', () => {
         at: 42,
         isBot: true,
         fromMe: true,
+        mayWake: true,
+        mentionsMe: false,
+        threadId: null,
+        attachments: [],
       },
     ]);
     assert.equal(db.latestMessageId(DISCORD), id);
@@ -236,6 +242,8 @@ describe('outbox', () => {
       text: 'hello',
       sender: null,
       replyTo: null,
+      threadId: null,
+      file: null,
       status: 'pending',
       attempts: 0,
       nextAttemptAt: 100,
@@ -379,5 +387,27 @@ describe('sessions and runs', () => {
     assert.equal(finished?.error, null);
     assert.equal(finished?.costUsd, 0.01);
     assert.equal(finished?.outputTokens, 20);
+  });
+});
+
+describe('discord columns', () => {
+  test('wake flags, threads and attachments round-trip, and the newest message outside threads is found', (t) => {
+    const db = memoryDb(t);
+    db.insertMessage(message(DISCORD, '100'));
+    db.insertMessage(
+      message(DISCORD, '101', {
+        mayWake: false,
+        mentionsMe: true,
+        threadId: 't1',
+        attachments: ['/workspace/group/a'],
+      }),
+    );
+    const [, second] = db.messagesAfter(DISCORD, 0);
+    assert.equal(second?.mayWake, false);
+    assert.equal(second?.mentionsMe, true);
+    assert.equal(second?.threadId, 't1');
+    assert.deepEqual(second?.attachments, ['/workspace/group/a']);
+    assert.equal(db.lastPlatformId(DISCORD), '100');
+    assert.equal(db.lastPlatformId('discord:none'), undefined);
   });
 });

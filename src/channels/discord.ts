@@ -73,6 +73,7 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
   });
   const webhooks = new Map<string, Webhook | null>(); // channel id → our webhook (null: unavailable)
   const ownWebhookIds = new Set<string>();
+  const otherWebhookIds = new Set<string>();
   const typing = new Map<string, NodeJS.Timeout>();
   const typingIn = new Map<string, string>(); // chat → channel (thread) the agent was woken in
   const typingIntervalMs = deps.typingIntervalMs ?? 8_000;
@@ -129,8 +130,8 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
         : `#${'name' in message.channel ? message.channel.name : message.channelId}`;
     const group = db.group(chatJid);
     const me = client.user?.id;
-    const fromMe =
-      message.author.id === me || (message.webhookId !== null && ownWebhookIds.has(message.webhookId));
+    // Only registered chats are worth a webhook lookup.
+    const fromMe = message.author.id === me || (!!group && (await isOwnWebhook(message.webhookId)));
     const base = {
       chatJid,
       chatName,
@@ -161,6 +162,16 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
       ...(threadId ? { threadId } : {}),
       ...(attachments.length ? { attachments } : {}),
     });
+  }
+
+  /** Our webhooks' posts are our own, also those made before a restart (looked up once, cached). */
+  async function isOwnWebhook(id: string | null): Promise<boolean> {
+    if (id === null || otherWebhookIds.has(id)) return false;
+    if (ownWebhookIds.has(id)) return true;
+    const hook = await client.fetchWebhook(id).catch(() => undefined);
+    const own = hook?.owner?.id !== undefined && hook.owner.id === client.user?.id;
+    (own ? ownWebhookIds : otherWebhookIds).add(id);
+    return own;
   }
 
   /** Fetches what each registered chat received since its newest stored message. */
