@@ -11,12 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import {
-  query,
-  type SDKMessage,
-  type SDKUserMessage,
-  type SpawnOptions,
-} from '@anthropic-ai/claude-agent-sdk';
+import type { SDKMessage, SDKUserMessage, SpawnOptions } from '@anthropic-ai/claude-agent-sdk';
 import type { Config } from './config.js';
 import { type ModelCredential, openModelSocket } from './credential-proxy.js';
 import type { Db, Group } from './db.js';
@@ -338,6 +333,8 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       `group ${group.folder}: agent starting in ${deps.sandbox.kind}${sessionId ? `, resuming ${sessionId}` : ''}`,
     );
     try {
+      // Loaded at the first run, not at start: the SDK is ~28 MiB of an idle orchestrator's RSS.
+      const { query } = await import('@anthropic-ai/claude-agent-sdk');
       const q = query({
         prompt: inbox,
         options: {

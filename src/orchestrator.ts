@@ -6,7 +6,6 @@ import { copyFileSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs'
 import path from 'node:path';
 import { startAgentSession } from './agent-session.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
-import { createDiscordChannel } from './channels/discord.js';
 import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
 import type { ModelCredential } from './credential-proxy.js';
@@ -188,6 +187,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
         now(),
       );
     }
+    // Loaded only when configured: discord.js is ~38 MiB of RSS.
+    const { createDiscordChannel } = await import('./channels/discord.js');
     channels.push(
       createDiscordChannel({
         token: config.discordBotToken,
