@@ -296,7 +296,11 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         CLAUDE_CONFIG_DIR: `${GUEST.home}/.claude`,
         ANTHROPIC_UNIX_SOCKET: `${GUEST.run}/api.sock`,
         ANTHROPIC_BASE_URL: 'http://localhost',
-        ANTHROPIC_API_KEY: token,
+        // The per-run stand-in takes the form of the real credential, so the CLI speaks the
+        // matching protocol (an OAuth token adds its beta header); the proxy swaps it.
+        ...(deps.credential.type === 'oauth'
+          ? { CLAUDE_CODE_OAUTH_TOKEN: token }
+          : { ANTHROPIC_API_KEY: token }),
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
         DISABLE_TELEMETRY: '1',
         DISABLE_AUTOUPDATER: '1',

@@ -168,3 +168,35 @@ test('a run silent for AGENT_TIMEOUT_MS is killed and retried', async () => {
     removeHome(app.home);
   }
 });
+
+test('an OAuth token works the same way: the sandbox gets a stand-in, the model gets the real token', async () => {
+  const script = fake.script('oauth', [
+    // The CLI keeps its OAuth token from its tools' env, so read every process's environ.
+    {
+      reply: toolUse('Bash', {
+        command: "cat /proc/[0-9]*/environ | tr '\\0' '\\n' | sort -u > seen-env.txt",
+      }),
+    },
+    { when: toolResult('Bash'), reply: text('signed in') },
+  ]);
+  const app = await startApp({ baseUrl: script.baseUrl, credential: 'oauth' });
+  try {
+    const sse = await openEvents(app.port);
+    await app.post('who am I?');
+    await sse.waitFor((e) => e.event === 'message' && (e.data as { text: string }).text === 'signed in');
+    for (const r of script.requests) {
+      assert.equal(r.headers.authorization, `Bearer ${REAL_KEY}`);
+      assert.equal(r.headers['x-api-key'], undefined);
+      assert.match(r.headers['anthropic-beta'] ?? '', /oauth/);
+    }
+    const env = readFileSync(path.join(app.home, 'groups', 'main', 'seen-env.txt'), 'utf8');
+    assert.ok(!env.includes(REAL_KEY));
+    assert.match(env, /^CLAUDE_CODE_OAUTH_TOKEN=nanoclaw-run-[0-9a-f]{48}$/m);
+    assert.doesNotMatch(env, /^ANTHROPIC_API_KEY=/m);
+    sse.close();
+    script.assertDone();
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});

@@ -22,10 +22,11 @@ export function testEnv(
   home: string,
   baseUrl: string,
   extra: Record<string, string> = {},
+  credential: 'api_key' | 'oauth' = 'api_key',
 ): Record<string, string> {
   return {
     NANOCLAW_HOME: home,
-    ANTHROPIC_API_KEY: REAL_KEY,
+    ...(credential === 'oauth' ? { CLAUDE_CODE_OAUTH_TOKEN: REAL_KEY } : { ANTHROPIC_API_KEY: REAL_KEY }),
     ANTHROPIC_BASE_URL: baseUrl,
     SANDBOX: 'bwrap',
     WEB_PORT: '0',
@@ -50,9 +51,10 @@ export async function startApp(opts: {
   env?: Record<string, string>;
   retryBaseMs?: number;
   discord?: { typingIntervalMs?: number };
+  credential?: 'api_key' | 'oauth';
 }): Promise<TestApp> {
   const home = opts.home ?? tempHome();
-  const env = testEnv(home, opts.baseUrl, opts.env);
+  const env = testEnv(home, opts.baseUrl, opts.env, opts.credential);
   const config = loadConfig(env, { root: projectRoot() });
   const logs: string[] = [];
   const log = createLogger('debug', (line) => logs.push(line));
