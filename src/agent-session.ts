@@ -13,7 +13,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { SDKMessage, SDKUserMessage, SpawnOptions } from '@anthropic-ai/claude-agent-sdk';
 import type { Config } from './config.js';
-import { type ModelCredential, openModelSocket } from './credential-proxy.js';
+import { type Egress, type ModelCredential, openModelSocket } from './credential-proxy.js';
 import type { Db, Group } from './db.js';
 import type { AgentHooks, AgentOutcome, LiveAgent } from './group-queue.js';
 import type { Logger } from './log.js';
@@ -33,6 +33,8 @@ export interface SessionDeps {
   /** Called after a reply was committed to the outbox. */
   replied: (chatJid: string) => void;
   working: (chatJid: string, working: boolean) => void;
+  /** The egress policy for this group's runs (tied to its socket, never to a request). */
+  egress?: (group: Group) => Egress;
   setTimer: (fn: () => void, ms: number) => unknown;
   clearTimer: (t: unknown) => void;
 }
@@ -284,6 +286,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       args: o.args,
       cwd: GUEST.group,
       mounts: groupMounts(config, group.folder, runDir),
+      ...(deps.egress ? { egressSocket: `${GUEST.run}/api.sock` } : {}),
       env: {
         PATH: '/usr/local/bin:/usr/bin:/bin',
         HOME: GUEST.home,
@@ -331,6 +334,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       upstream: config.anthropicBaseUrl,
       credential: deps.credential,
       onError: (m) => log.warn(`group ${group.folder}: ${m}`),
+      ...(deps.egress ? { egress: deps.egress(group) } : {}),
     });
     token = socket.token;
     log.info(

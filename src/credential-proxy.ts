@@ -2,16 +2,39 @@
 // random per-run token that the sandboxed CLI sends as its API key. Origin-form requests
 // (`POST /v1/messages`) carrying that token are forwarded upstream with the real credential put
 // in its place; anything else is refused. The real key never crosses into the sandbox.
-// Egress (CONNECT and absolute-URI requests) is refused here until the egress policy exists.
+// Everything else (CONNECT tunnels and absolute-URI http requests, from the in-sandbox bridge)
+// is egress: the policy decides on the resolved address before any dial, and the proxy dials
+// exactly the address it checked. The policy belongs to the socket, never to the request.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import type net from 'node:net';
 import path from 'node:path';
+import type { Duplex } from 'node:stream';
+import type { EgressDecision } from './egress.js';
 
 export interface ModelCredential {
   type: 'api_key' | 'oauth';
   value: string;
+}
+
+export interface Egress {
+  decide: (host: string, port: number) => Promise<EgressDecision>;
+  /** Opens a TCP connection to an address the policy accepted. */
+  dial: (address: string, port: number) => net.Socket;
+  /** One line per refusal, for the log (with the group id). */
+  onRefuse: (line: string) => void;
+}
+
+const DIAL_TIMEOUT_MS = 10_000;
+
+/** `host:port` of a CONNECT request (IPv6 in brackets), or undefined. */
+export function parseAuthority(authority: string): { host: string; port: number } | undefined {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s/[\]]+):(\d{1,5})$/.exec(authority);
+  const port = Number(m?.[2]);
+  if (!m?.[1] || !(port > 0 && port < 65536)) return undefined;
+  return { host: m[1].replace(/^\[|\]$/g, ''), port };
 }
 
 export interface ModelSocket {
@@ -64,6 +87,8 @@ export async function openModelSocket(opts: {
   upstream: string;
   credential: ModelCredential;
   onError?: (message: string) => void;
+  /** Without it, all egress is refused. */
+  egress?: Egress;
 }): Promise<ModelSocket> {
   mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
   chmodSync(opts.dir, 0o700);
@@ -74,10 +99,104 @@ export async function openModelSocket(opts: {
   const basePath = upstream.pathname.replace(/\/+$/, '');
   const client = upstream.protocol === 'https:' ? https : http;
 
+  const egress = opts.egress;
+
+  /** An absolute-URI request (`GET http://host/path`): egress over plain HTTP. */
+  function forward(req: http.IncomingMessage, res: http.ServerResponse, url: string): void {
+    let target: URL;
+    try {
+      target = new URL(url);
+    } catch {
+      return refuse(res, 400, 'invalid_request_error', 'malformed request target');
+    }
+    if (!egress || target.protocol !== 'http:') {
+      return refuse(res, 403, 'permission_error', 'egress refused: only http:// through this proxy');
+    }
+    const port = Number(target.port || 80);
+    egress.decide(target.hostname, port).then(
+      (d) => {
+        if (!d.ok) {
+          egress.onRefuse(`${target.hostname}:${port}: ${d.reason}`);
+          return refuse(res, 403, 'permission_error', `egress refused: ${d.reason}`);
+        }
+        const headers: http.OutgoingHttpHeaders = {};
+        for (const [k, v] of Object.entries(req.headers)) if (!DROP.has(k) && v !== undefined) headers[k] = v;
+        headers.host = target.host;
+        // The agent's only way to a socket is the checked address through `dial`.
+        const agent = new (class extends http.Agent {
+          override createConnection() {
+            return egress.dial(d.address, d.port);
+          }
+        })({ keepAlive: false });
+        const up = http.request(
+          {
+            host: d.address,
+            port: d.port,
+            method: req.method,
+            path: target.pathname + target.search,
+            headers,
+            agent,
+          },
+          (upRes) => {
+            res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+            upRes.pipe(res);
+          },
+        );
+        up.setTimeout(DIAL_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
+        up.on('error', (err) => {
+          if (!res.headersSent)
+            refuse(res, 502, 'api_error', `egress to ${target.host} failed: ${err.message}`);
+          else res.destroy();
+        });
+        req.pipe(up);
+      },
+      (err: unknown) => refuse(res, 502, 'api_error', `egress check failed: ${(err as Error).message}`),
+    );
+  }
+
+  /** A CONNECT tunnel (HTTPS): TLS is tunnelled, never intercepted. */
+  function tunnel(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    const deny = (status: string, reason: string) => {
+      const body = `egress refused: ${reason}\n`;
+      socket.end(
+        `HTTP/1.1 ${status}\r\nX-Proxy-Error: blocked-by-allowlist\r\nContent-Type: text/plain\r\n` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    };
+    const target = parseAuthority(req.url ?? '');
+    if (!egress || !target)
+      return deny('403 Forbidden', egress ? 'malformed CONNECT target' : 'no egress from this sandbox');
+    socket.on('error', () => socket.destroy());
+    egress.decide(target.host, target.port).then(
+      (d) => {
+        if (!d.ok) {
+          egress.onRefuse(`${target.host}:${target.port}: ${d.reason}`);
+          return deny('403 Forbidden', d.reason);
+        }
+        const up = egress.dial(d.address, d.port);
+        let open = false;
+        up.setTimeout(DIAL_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
+        up.once('connect', () => {
+          open = true;
+          up.setTimeout(0);
+          socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+          if (head.length > 0) up.write(head);
+          up.pipe(socket);
+          socket.pipe(up);
+        });
+        up.on('error', (err) => {
+          if (!open) deny('502 Bad Gateway', `dial failed: ${err.message}`);
+          else socket.destroy();
+        });
+        socket.on('close', () => up.destroy());
+      },
+      (err: unknown) => deny('502 Bad Gateway', `egress check failed: ${(err as Error).message}`),
+    );
+  }
+
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
-    if (!url.startsWith('/'))
-      return refuse(res, 403, 'permission_error', 'egress is not allowed from this sandbox');
+    if (!url.startsWith('/')) return forward(req, res, url);
     if (!sameSecret(presentedToken(req), token)) {
       return refuse(res, 401, 'authentication_error', 'invalid run token');
     }
@@ -107,9 +226,7 @@ export async function openModelSocket(opts: {
     res.on('close', () => up.destroy());
     req.pipe(up);
   });
-  server.on('connect', (_req, socket) => {
-    socket.end('HTTP/1.1 403 Forbidden\r\nX-Proxy-Error: blocked-by-allowlist\r\nContent-Length: 0\r\n\r\n');
-  });
+  server.on('connect', tunnel);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(socketPath, () => resolve());

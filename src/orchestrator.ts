@@ -2,14 +2,17 @@
 // A message is committed to SQLite first; a stored message that should wake its group goes to the
 // queue at once (no polling); replies go out through the outbox. At start, messages left
 // unanswered and replies left undelivered by a crash are picked up again.
+import { lookup } from 'node:dns/promises';
 import { copyFileSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { startAgentSession } from './agent-session.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
 import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
-import type { ModelCredential } from './credential-proxy.js';
+import type { Egress, ModelCredential } from './credential-proxy.js';
 import { type Db, openDb } from './db.js';
+import { createEgressPolicy, type Resolve } from './egress.js';
 import { createGroupQueue } from './group-queue.js';
 import type { Logger } from './log.js';
 import { folderProblem, groupPaths } from './mounts.js';
@@ -27,6 +30,8 @@ export interface OrchestratorDeps {
   /** More channels (a test's fake); each gets the ingest function. */
   channels?: (ingest: (m: InboundMessage) => IngestResult) => Channel[];
   discord?: { typingIntervalMs?: number };
+  /** Test seams for the egress policy: a static resolver and a recording dial. */
+  egress?: { resolve?: Resolve; dial?: Egress['dial']; testAddresses?: readonly string[] };
 }
 
 export const NO_CREDENTIAL_NOTICE =
@@ -75,6 +80,16 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     clearTimer: (t: unknown) => clearTimeout(t as NodeJS.Timeout),
   };
 
+  const decide = createEgressPolicy({
+    ...(config.egressAllow ? { allow: config.egressAllow } : {}),
+    resolve:
+      deps.egress?.resolve ??
+      ((host) => lookup(host, { all: true, verbatim: true }).then((a) => a.map((x) => x.address))),
+    ...(deps.egress?.testAddresses ? { testAddresses: deps.egress.testAddresses } : {}),
+  });
+  const dial: Egress['dial'] =
+    deps.egress?.dial ?? ((address, port) => net.connect({ host: address, port, noDelay: true }));
+
   const channels: Channel[] = [];
   const outbox = createOutbox({ db, channels: () => channels, log, now, ...timers });
 
@@ -103,6 +118,11 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
           now,
           ...timers,
           replied: () => outbox.kick(),
+          egress: (group) => ({
+            decide,
+            dial,
+            onRefuse: (line) => log.warn(`group ${group.folder}: egress refused ${line}`),
+          }),
           working: (chatJid, w) => channels.find((c) => c.owns(chatJid))?.setWorking(chatJid, w),
         },
         jid,

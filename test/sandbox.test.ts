@@ -296,7 +296,7 @@ describe('a real bwrap sandbox', () => {
         echo "== end =="
       } > /workspace/group/report.txt 2>&1
     `;
-    const child = createBwrapSandbox(bwrap).spawn({
+    const child = createBwrapSandbox(bwrap, process.execPath).spawn({
       command: '/usr/bin/bash',
       args: ['-c', script],
       env: { PATH: '/usr/bin:/bin', FOO: 'bar' },

@@ -3,12 +3,44 @@
 // are generated and passed as data on fds 4 and 5. `--clearenv` drops every inherited variable.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { type Sandbox, SandboxError, type SandboxSpec } from './index.js';
+import {
+  EGRESS_BRIDGE_JS,
+  EGRESS_BRIDGE_PORT,
+  ENTRY_SH,
+  type Sandbox,
+  SandboxError,
+  type SandboxSpec,
+} from './index.js';
 
 export const SANDBOX_UID = 1000;
 const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
 
-export function bwrapOptions(spec: SandboxSpec, exists: (p: string) => boolean = existsSync): string[] {
+const GUEST_NODE = '/opt/nanoclaw/bin/node';
+const GUEST_ENTRY = '/opt/nanoclaw/start';
+
+/** The proxy variables, in both cases: curl ignores an upper-case HTTP_PROXY (httpoxy). */
+export function proxyEnv(port = EGRESS_BRIDGE_PORT): Record<string, string> {
+  const url = `http://127.0.0.1:${port}`;
+  const noProxy = 'localhost,127.0.0.1,::1';
+  return {
+    HTTP_PROXY: url,
+    HTTPS_PROXY: url,
+    http_proxy: url,
+    https_proxy: url,
+    NO_PROXY: noProxy,
+    no_proxy: noProxy,
+  };
+}
+
+/**
+ * bwrap's options for a spec. `hostNode` is the node binary the egress bridge runs on (bound
+ * read-only); with an egress socket the bridge script and entry script arrive on fds 6 and 7.
+ */
+export function bwrapOptions(
+  spec: SandboxSpec,
+  exists: (p: string) => boolean = existsSync,
+  hostNode = '/usr/bin/node',
+): string[] {
   const opts = [
     '--unshare-all',
     '--die-with-parent',
@@ -47,8 +79,17 @@ export function bwrapOptions(spec: SandboxSpec, exists: (p: string) => boolean =
     GUEST_COMMAND,
   );
   for (const m of spec.mounts) opts.push(m.readonly ? '--ro-bind' : '--bind', m.host, m.guest);
+  const env = { ...spec.env };
+  if (spec.egressSocket) {
+    opts.push('--ro-bind', hostNode, GUEST_NODE, '--ro-bind-data', '6', '/opt/nanoclaw/bridge.cjs');
+    opts.push('--ro-bind-data', '7', GUEST_ENTRY);
+    Object.assign(env, proxyEnv(), {
+      NANOCLAW_BRIDGE_PORT: String(EGRESS_BRIDGE_PORT),
+      NANOCLAW_EGRESS_SOCKET: spec.egressSocket,
+    });
+  }
   opts.push('--clearenv');
-  for (const [k, v] of Object.entries(spec.env)) opts.push('--setenv', k, v);
+  for (const [k, v] of Object.entries(env)) opts.push('--setenv', k, v);
   opts.push('--chdir', spec.cwd);
   // Options travel NUL-separated on fd 3: a NUL inside one would smuggle in another option.
   const bad = opts.find((o) => o.includes('\0'));
@@ -58,33 +99,38 @@ export function bwrapOptions(spec: SandboxSpec, exists: (p: string) => boolean =
 }
 
 /** `bwrap` is the absolute path of the bubblewrap binary (found on PATH at start). */
-export function createBwrapSandbox(bwrap: string): Sandbox {
+export function createBwrapSandbox(bwrap: string, hostNode: string): Sandbox {
   return {
     kind: 'bwrap',
     spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams {
-      const child = spawn(bwrap, ['--args', '3', GUEST_COMMAND, ...spec.args], {
-        stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
+      const command = spec.egressSocket ? ['/bin/sh', GUEST_ENTRY, GUEST_COMMAND] : [GUEST_COMMAND];
+      const child = spawn(bwrap, ['--args', '3', ...command, ...spec.args], {
+        stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
         env: {},
         // Its own process group: a Ctrl-C at the terminal reaches the orchestrator, which then
         // closes agents in order; --die-with-parent still ends the sandbox if we die.
         detached: true,
       });
-      const [, , , fd3, fd4, fd5] = child.stdio as unknown as [
+      const [, , , fd3, fd4, fd5, fd6, fd7] = child.stdio as unknown as [
         unknown,
         unknown,
         unknown,
+        Writable,
+        Writable,
         Writable,
         Writable,
         Writable,
       ];
       // A bwrap that dies before reading its option fds (a missing mount source, say) breaks
       // these pipes: that failure is reported through the child's exit, not as a crash here.
-      for (const fd of [fd3, fd4, fd5]) fd.on('error', () => {});
+      for (const fd of [fd3, fd4, fd5, fd6, fd7]) fd.on('error', () => {});
       fd3.end(
-        bwrapOptions(spec)
+        bwrapOptions(spec, existsSync, hostNode)
           .map((s) => `${s}\0`)
           .join(''),
       );
+      fd6.end(spec.egressSocket ? EGRESS_BRIDGE_JS : '');
+      fd7.end(spec.egressSocket ? ENTRY_SH : '');
       fd4.end(`agent:x:${SANDBOX_UID}:${SANDBOX_UID}:agent:/home/agent:/bin/bash\n`);
       fd5.end('127.0.0.1 localhost nanoclaw\n::1 localhost\n');
       return child as ChildProcessWithoutNullStreams;

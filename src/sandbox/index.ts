@@ -26,7 +26,33 @@ export interface SandboxSpec {
   mounts: readonly Mount[];
   /** Guest working directory. */
   cwd: string;
+  /**
+   * Start the egress bridge first: a loopback listener inside the sandbox (its HTTP_PROXY) that
+   * forwards every connection to the proxy's Unix socket at this guest path.
+   */
+  egressSocket?: string;
 }
+
+/** The bridge's port on the sandbox's own loopback. */
+export const EGRESS_BRIDGE_PORT = 3128;
+
+// The bridge is plumbing, not a boundary: it runs as the agent and the proxy decides. noDelay:
+// without it Nagle and delayed ACKs add ~40 ms to every response (research/egress.md).
+export const EGRESS_BRIDGE_JS = `const net = require('net');
+const [port, sock] = process.argv.slice(2);
+net.createServer({ allowHalfOpen: true, noDelay: true }, (c) => {
+  const u = net.connect({ path: sock, allowHalfOpen: true });
+  c.pipe(u); u.pipe(c);
+  c.on('error', () => u.destroy()); u.on('error', () => c.destroy());
+  c.on('close', () => u.destroy()); u.on('close', () => c.destroy());
+}).listen(Number(port), '127.0.0.1');
+`;
+
+/** Starts the bridge in the background (its stdin is not the CLI's), then becomes the command. */
+export const ENTRY_SH = `#!/bin/sh
+/opt/nanoclaw/bin/node /opt/nanoclaw/bridge.cjs "$NANOCLAW_BRIDGE_PORT" "$NANOCLAW_EGRESS_SOCKET" </dev/null >/dev/null 2>&1 &
+exec "$@"
+`;
 
 export interface Sandbox {
   readonly kind: Exclude<SandboxKind, 'auto'>;
@@ -56,7 +82,7 @@ export function detectSandbox(
 ): Sandbox {
   if (wanted === 'auto' || wanted === 'bwrap') {
     const bwrap = which('bwrap', searchPath);
-    if (bwrap && probe(bwrap)) return createBwrapSandbox(bwrap);
+    if (bwrap && probe(bwrap)) return createBwrapSandbox(bwrap, process.execPath);
     if (wanted === 'bwrap') {
       throw new SandboxError(
         bwrap

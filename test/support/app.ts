@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, projectRoot } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
-import { type Orchestrator, startOrchestrator } from '../../src/orchestrator.js';
+import { type Orchestrator, type OrchestratorDeps, startOrchestrator } from '../../src/orchestrator.js';
 
 /** The "real" model key: it must reach the fake, and never the sandbox. */
 export const REAL_KEY = 'sk-ant-api03-CANARY-d41d8cd98f00b204e9800998ecf8427e';
@@ -52,6 +52,7 @@ export async function startApp(opts: {
   retryBaseMs?: number;
   discord?: { typingIntervalMs?: number };
   credential?: 'api_key' | 'oauth';
+  egress?: OrchestratorDeps['egress'];
 }): Promise<TestApp> {
   const home = opts.home ?? tempHome();
   const env = testEnv(home, opts.baseUrl, opts.env, opts.credential);
@@ -63,6 +64,7 @@ export async function startApp(opts: {
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
     ...(opts.retryBaseMs !== undefined ? { retryBaseMs: opts.retryBaseMs } : {}),
     ...(opts.discord ? { discord: opts.discord } : {}),
+    ...(opts.egress ? { egress: opts.egress } : {}),
   });
   const port = orch.web.port();
   return {

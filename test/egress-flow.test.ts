@@ -1,0 +1,135 @@
+// Egress end to end: curl inside a real bwrap sandbox → the in-sandbox bridge → the run's Unix
+// socket → the proxy's policy → a dial. Resolution and dialling are injected: names resolve from
+// a static map and every accepted dial is recorded and redirected to a test server on 127.0.0.1,
+// so no packet goes to any other address.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import net from 'node:net';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { removeHome, startApp } from './support/app.js';
+import {
+  type FakeAnthropic,
+  startFakeAnthropic,
+  text,
+  toolResult,
+  toolUse,
+} from './support/fake-anthropic.js';
+
+let model: FakeAnthropic;
+let site: http.Server;
+let sitePort = 0;
+before(async () => {
+  model = await startFakeAnthropic();
+  site = http.createServer((req, res) => res.end(`hello from ${req.headers.host}${req.url}`));
+  await new Promise<void>((r) => site.listen(0, '127.0.0.1', () => r()));
+  sitePort = (site.address() as AddressInfo).port;
+});
+after(async () => {
+  await model.close();
+  site.closeAllConnections();
+  await new Promise<void>((r) => site.close(() => r()));
+});
+
+const NAMES: Record<string, string[]> = {
+  'site.test': ['93.184.216.34'],
+  'evil.test': ['10.0.0.5'],
+  'meta.test': ['169.254.169.254'],
+  'mixed.test': ['93.184.216.34', '127.0.0.1'],
+};
+
+test('the agent reaches public hosts through the proxy, and private ones are refused before any dial', async () => {
+  const dials: string[] = [];
+  const script = [
+    'curl -sS http://site.test/plain > plain.txt 2>&1',
+    'curl -sS -p http://site.test/tunnel > tunnel.txt 2>&1',
+    'curl -sS http://evil.test/ > evil.txt 2>&1',
+    'curl -sS http://mixed.test/ > mixed.txt 2>&1',
+    'curl -sS http://169.254.169.254/latest/meta-data/ > metadata-ip.txt 2>&1',
+    'curl -sS https://meta.test/ > /dev/null 2>&1; echo $? > meta-tls.txt',
+    'curl -sS http://site.test:8080/ > port.txt 2>&1',
+    "curl -sS --noproxy '*' --max-time 5 http://93.184.216.34/ > /dev/null 2>&1; echo $? > direct.txt",
+  ].join('; ');
+  const s = model.script('egress', [
+    { reply: toolUse('Bash', { command: script }) },
+    { when: toolResult('Bash'), reply: text('probed') },
+  ]);
+  const app = await startApp({
+    baseUrl: s.baseUrl,
+    egress: {
+      resolve: async (host) => {
+        const found = NAMES[host];
+        if (!found) throw Object.assign(new Error(`unknown ${host}`), { code: 'ENOTFOUND' });
+        return found;
+      },
+      dial: (address, port) => {
+        dials.push(`${address}:${port}`);
+        return net.connect({ host: '127.0.0.1', port: sitePort });
+      },
+    },
+  });
+  try {
+    await app.post('probe the network');
+    const { eventually } = await import('./support/app.js');
+    await eventually(() => app.orch.db.outboxAfter('web:main', 0).some((r) => r.text === 'probed'), 30_000);
+    const read = (f: string) => readFileSync(path.join(app.home, 'groups', 'main', f), 'utf8');
+    assert.equal(read('plain.txt'), 'hello from site.test/plain');
+    assert.equal(read('tunnel.txt'), 'hello from site.test/tunnel');
+    assert.match(read('evil.txt'), /egress refused: evil\.test resolves to non-public 10\.0\.0\.5/);
+    assert.match(read('mixed.txt'), /egress refused: mixed\.test resolves to non-public 127\.0\.0\.1/);
+    assert.match(read('metadata-ip.txt'), /egress refused/);
+    assert.equal(read('meta-tls.txt').trim(), '56', 'CONNECT refused');
+    assert.match(read('port.txt'), /egress refused: port 8080 not allowed/);
+    assert.notEqual(read('direct.txt').trim(), '0', 'no way out without the proxy');
+    assert.deepEqual(
+      dials,
+      ['93.184.216.34:80', '93.184.216.34:80'],
+      'only the accepted requests were dialled',
+    );
+    const logs = app.logs.join('');
+    assert.match(logs, /group main: egress refused evil\.test:80/);
+    assert.match(logs, /group main: egress refused meta\.test:443/);
+    s.assertDone();
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});
+
+test('with EGRESS_ALLOW set, only the listed hosts are reachable', async () => {
+  const dials: string[] = [];
+  const s = model.script('allow', [
+    {
+      reply: toolUse('Bash', {
+        command: 'curl -sS http://site.test/ok > ok.txt 2>&1; curl -sS http://other.test/ > other.txt 2>&1',
+      }),
+    },
+    { when: toolResult('Bash'), reply: text('checked') },
+  ]);
+  const app = await startApp({
+    baseUrl: s.baseUrl,
+    env: { EGRESS_ALLOW: 'site.test' },
+    egress: {
+      resolve: async () => ['93.184.216.34'],
+      dial: (address, port) => {
+        dials.push(`${address}:${port}`);
+        return net.connect({ host: '127.0.0.1', port: sitePort });
+      },
+    },
+  });
+  try {
+    await app.post('check');
+    const { eventually } = await import('./support/app.js');
+    await eventually(() => app.orch.db.outboxAfter('web:main', 0).some((r) => r.text === 'checked'), 30_000);
+    const read = (f: string) => readFileSync(path.join(app.home, 'groups', 'main', f), 'utf8');
+    assert.equal(read('ok.txt'), 'hello from site.test/ok');
+    assert.match(read('other.txt'), /egress refused: other\.test not in allowlist/);
+    assert.deepEqual(dials, ['93.184.216.34:80']);
+    s.assertDone();
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});
