@@ -107,10 +107,12 @@ export async function openModelSocket(opts: {
     try {
       target = new URL(url);
     } catch {
-      return refuse(res, 400, 'invalid_request_error', 'malformed request target');
+      refuse(res, 400, 'invalid_request_error', 'malformed request target');
+      return;
     }
     if (!egress || target.protocol !== 'http:') {
-      return refuse(res, 403, 'permission_error', 'egress refused: only http:// through this proxy');
+      refuse(res, 403, 'permission_error', 'egress refused: only http:// through this proxy');
+      return;
     }
     const port = Number(target.port || 80);
     egress.decide(target.hostname, port).then(
@@ -164,8 +166,10 @@ export async function openModelSocket(opts: {
       );
     };
     const target = parseAuthority(req.url ?? '');
-    if (!egress || !target)
-      return deny('403 Forbidden', egress ? 'malformed CONNECT target' : 'no egress from this sandbox');
+    if (!egress || !target) {
+      deny('403 Forbidden', egress ? 'malformed CONNECT target' : 'no egress from this sandbox');
+      return;
+    }
     socket.on('error', () => socket.destroy());
     egress.decide(target.host, target.port).then(
       (d) => {
