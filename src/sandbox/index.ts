@@ -50,7 +50,7 @@ net.createServer({ allowHalfOpen: true, noDelay: true }, (c) => {
 
 /** Starts the bridge in the background (its stdin is not the CLI's), then becomes the command. */
 export const ENTRY_SH = `#!/bin/sh
-/opt/nanoclaw/bin/node /opt/nanoclaw/bridge.cjs "$NANOCLAW_BRIDGE_PORT" "$NANOCLAW_EGRESS_SOCKET" </dev/null >/dev/null 2>&1 &
+nice -n 19 /opt/nanoclaw/bin/node /opt/nanoclaw/bridge.cjs "$NANOCLAW_BRIDGE_PORT" "$NANOCLAW_EGRESS_SOCKET" </dev/null >/dev/null 2>&1 &
 exec "$@"
 `;
 
