@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config.js';
 import { type Db, type Group, openDb } from './db.js';
+import { globProblem } from './egress.js';
 import { folderFromName, folderProblem } from './mounts.js';
 import { triggerFor } from './router.js';
 
@@ -23,6 +24,9 @@ Usage:
   nanoclaw groups add <chat> --name <name> [--folder <folder>] [--trigger <@word>] [--no-trigger] [--main]
                                       register a chat (chat ids: web:main, discord:<channel id>)
   nanoclaw groups remove <chat|folder>
+  nanoclaw groups set <chat|folder> --egress <host globs|default>
+                                      limit the group's web access to these hosts (comma-separated,
+                                      '*' = one label); 'default' returns it to EGRESS_ALLOW
   nanoclaw --help
 
 Configuration comes from $NANOCLAW_HOME/.env and the environment (see README).`;
@@ -106,6 +110,36 @@ function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: s
     if (g.jid === 'web:main') throw new UsageError('web:main is always served: it cannot be removed');
     db.removeGroup(g.jid);
     out(`removed ${g.jid} (its folder groups/${g.folder} is kept)`);
+    return;
+  }
+  if (sub === 'set') {
+    const { values, positionals } = parseArgs({
+      args: rest,
+      allowPositionals: true,
+      strict: true,
+      options: { egress: { type: 'string' } },
+    });
+    const ref = positionals[0];
+    if (!ref || positionals.length > 1)
+      throw new UsageError('groups set takes exactly one chat id or folder');
+    const g = findGroup(db, ref);
+    if (!g) throw new UsageError(`no registered group ${ref}`);
+    if (values.egress === undefined) throw new UsageError('groups set needs --egress <host globs|default>');
+    if (values.egress.trim() === 'default') {
+      db.setGroupEgress(g.jid, null);
+      out(`${g.jid}: egress follows EGRESS_ALLOW`);
+      return;
+    }
+    const globs = values.egress
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+    if (globs.length === 0)
+      throw new UsageError("--egress needs host globs like '*.example.org', or 'default'");
+    const problem = globs.map(globProblem).find(Boolean);
+    if (problem) throw new UsageError(problem);
+    db.setGroupEgress(g.jid, globs);
+    out(`${g.jid}: egress limited to ${globs.join(', ')}`);
     return;
   }
   throw new UsageError(`unknown command "groups ${sub ?? ''}": try nanoclaw --help`);

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { globProblem } from './egress.js';
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -225,6 +226,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
   const egress = v.EGRESS_ALLOW?.split(',')
     .map((s) => s.trim())
     .filter(Boolean);
+  const badGlob = egress?.map(globProblem).find(Boolean);
+  if (badGlob) throw new ConfigError(`EGRESS_ALLOW: ${badGlob}`);
   return Object.freeze({
     home,
     storeDir: path.join(home, 'store'),

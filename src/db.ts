@@ -13,6 +13,8 @@ export interface Group {
   isMain: boolean;
   cursor: number;
   createdAt: number;
+  /** The group's egress allowlist (host globs); null: the global EGRESS_ALLOW applies. */
+  egressAllow: string[] | null;
 }
 
 export interface StoredMessage {
@@ -65,7 +67,7 @@ export interface RunRow {
 
 export type NewMessage = Omit<StoredMessage, 'id' | 'mayWake' | 'mentionsMe' | 'threadId' | 'attachments'> &
   Partial<Pick<StoredMessage, 'mayWake' | 'mentionsMe' | 'threadId' | 'attachments'>>;
-export type NewGroup = Omit<Group, 'cursor' | 'createdAt'>;
+export type NewGroup = Omit<Group, 'cursor' | 'createdAt' | 'egressAllow'>;
 
 const MIGRATIONS: readonly string[] = [
   `
@@ -114,6 +116,9 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE outbox ADD COLUMN thread_id TEXT;
   ALTER TABLE outbox ADD COLUMN file TEXT;
   `,
+  `
+  ALTER TABLE groups ADD COLUMN egress_allow TEXT;
+  `,
 ];
 
 /** The schema version this NanoClaw migrates a store to. */
@@ -133,6 +138,7 @@ const toGroup = (r: Row): Group => ({
   isMain: r.is_main === 1,
   cursor: num(r.cursor),
   createdAt: num(r.created_at),
+  egressAllow: r.egress_allow ? (JSON.parse(str(r.egress_allow)) as string[]) : null,
 });
 const toMessage = (r: Row): StoredMessage => ({
   id: num(r.id),
@@ -210,6 +216,7 @@ export function openDb(file: string) {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     removeGroup: db.prepare('DELETE FROM groups WHERE jid = ?'),
+    setEgress: db.prepare('UPDATE groups SET egress_allow = ? WHERE jid = ?'),
     advanceCursor: db.prepare('UPDATE groups SET cursor = max(cursor, ?) WHERE jid = ?'),
     unprocessed: db.prepare(
       `SELECT g.jid FROM groups g WHERE EXISTS
@@ -351,6 +358,10 @@ export function openDb(file: string) {
         );
       })();
       return toGroup(q.group.get(g.jid) as Row);
+    },
+    /** Sets (or with null clears) a group's egress allowlist. */
+    setGroupEgress(jid: string, allow: readonly string[] | null): void {
+      q.setEgress.run(allow ? JSON.stringify(allow) : null, jid);
     },
     removeGroup(jid: string): boolean {
       return q.removeGroup.run(jid).changes === 1;

@@ -80,13 +80,16 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     clearTimer: (t: unknown) => clearTimeout(t as NodeJS.Timeout),
   };
 
-  const decide = createEgressPolicy({
-    ...(config.egressAllow ? { allow: config.egressAllow } : {}),
-    resolve:
-      deps.egress?.resolve ??
-      ((host) => lookup(host, { all: true, verbatim: true }).then((a) => a.map((x) => x.address))),
-    ...(deps.egress?.testAddresses ? { testAddresses: deps.egress.testAddresses } : {}),
-  });
+  const resolve: Resolve =
+    deps.egress?.resolve ??
+    ((host) => lookup(host, { all: true, verbatim: true }).then((a) => a.map((x) => x.address)));
+  /** The policy for a group's run: its own allowlist, else EGRESS_ALLOW; address refusals always. */
+  const policyFor = (allow: readonly string[] | null | undefined) =>
+    createEgressPolicy({
+      ...(allow ? { allow } : {}),
+      resolve,
+      ...(deps.egress?.testAddresses ? { testAddresses: deps.egress.testAddresses } : {}),
+    });
   const dial: Egress['dial'] =
     deps.egress?.dial ?? ((address, port) => net.connect({ host: address, port, noDelay: true }));
 
@@ -119,7 +122,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
           ...timers,
           replied: () => outbox.kick(),
           egress: (group) => ({
-            decide,
+            decide: policyFor(group.egressAllow ?? config.egressAllow),
             dial,
             onRefuse: (line) => log.warn(`group ${group.folder}: egress refused ${line}`),
           }),

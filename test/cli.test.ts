@@ -1,7 +1,7 @@
 // The `nanoclaw` CLI contract (DESIGN "Contracts", CLI), run as users run it: the compiled bin
 // under `node`, as a child process, on a fresh NANOCLAW_HOME and with no credentials.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -353,4 +353,49 @@ test('a running orchestrator picks up a registration without a restart', async (
     await fake.close();
     removeHome(app.home);
   }
+});
+
+describe('groups set --egress', () => {
+  test('sets, shows and clears a group egress allowlist, and refuses bad globs with one line', () => {
+    const home = tempHome();
+    try {
+      const run = (...args: string[]) =>
+        spawnSync(process.execPath, [CLI, ...args], {
+          env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NANOCLAW_HOME: home },
+          encoding: 'utf8',
+        });
+      assert.equal(run('groups', 'add', 'discord:123456789', '--name', 'Family').status, 0);
+      const set = run('groups', 'set', 'family', '--egress', '*.example.org, site.test');
+      assert.equal(set.status, 0, set.stderr);
+      const listed = JSON.parse(run('groups', 'list', '--json').stdout) as {
+        jid: string;
+        egressAllow: string[] | null;
+      }[];
+      assert.deepEqual(listed.find((g) => g.jid === 'discord:123456789')?.egressAllow, [
+        '*.example.org',
+        'site.test',
+      ]);
+      assert.equal(run('groups', 'set', 'discord:123456789', '--egress', 'default').status, 0);
+      const cleared = JSON.parse(run('groups', 'list', '--json').stdout) as {
+        jid: string;
+        egressAllow: string[] | null;
+      }[];
+      assert.equal(cleared.find((g) => g.jid === 'discord:123456789')?.egressAllow, null);
+      for (const args of [
+        ['groups', 'set', 'family', '--egress', 'a*.com'],
+        ['groups', 'set', 'family', '--egress', '10.0.0.1'],
+        ['groups', 'set', 'family', '--egress', ','],
+        ['groups', 'set', 'family'],
+        ['groups', 'set', 'nobody', '--egress', 'x.com'],
+      ]) {
+        const r = run(...args);
+        assert.equal(r.status, 1, args.join(' '));
+        const lines = r.stderr.trim().split('\n');
+        assert.equal(lines.length, 1, r.stderr);
+        assert.match(lines[0] ?? '', /^nanoclaw: /);
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
 });

@@ -248,3 +248,22 @@ describe('loadConfig', () => {
     assert.equal(config.groupsDir, path.join(root, 'groups'));
   });
 });
+
+test('an invalid EGRESS_ALLOW glob is a one-line ConfigError naming it', () => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-config-'));
+  try {
+    assert.throws(
+      () => loadConfig({ NANOCLAW_HOME: root, EGRESS_ALLOW: 'ok.example.org, a*.com' }, { root }),
+      (err: unknown) =>
+        err instanceof ConfigError &&
+        /^EGRESS_ALLOW: glob "a\*\.com"/.test(err.message) &&
+        !err.message.includes('\n'),
+    );
+    assert.deepEqual(
+      loadConfig({ NANOCLAW_HOME: root, EGRESS_ALLOW: '*.example.org,site.test' }, { root }).egressAllow,
+      ['*.example.org', 'site.test'],
+    );
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -3,13 +3,14 @@
 // a static map and every accepted dial is recorded and redirected to a test server on 127.0.0.1,
 // so no packet goes to any other address.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { removeHome, startApp } from './support/app.js';
+import { CLI, eventually, removeHome, startApp } from './support/app.js';
 import {
   type FakeAnthropic,
   startFakeAnthropic,
@@ -72,7 +73,6 @@ test('the agent reaches public hosts through the proxy, and private ones are ref
   });
   try {
     await app.post('probe the network');
-    const { eventually } = await import('./support/app.js');
     await eventually(() => app.orch.db.outboxAfter('web:main', 0).some((r) => r.text === 'probed'), 30_000);
     const read = (f: string) => readFileSync(path.join(app.home, 'groups', 'main', f), 'utf8');
     assert.equal(read('plain.txt'), 'hello from site.test/plain');
@@ -121,11 +121,49 @@ test('with EGRESS_ALLOW set, only the listed hosts are reachable', async () => {
   });
   try {
     await app.post('check');
-    const { eventually } = await import('./support/app.js');
     await eventually(() => app.orch.db.outboxAfter('web:main', 0).some((r) => r.text === 'checked'), 30_000);
     const read = (f: string) => readFileSync(path.join(app.home, 'groups', 'main', f), 'utf8');
     assert.equal(read('ok.txt'), 'hello from site.test/ok');
     assert.match(read('other.txt'), /egress refused: other\.test not in allowlist/);
+    assert.deepEqual(dials, ['93.184.216.34:80']);
+    s.assertDone();
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});
+
+test('a group egress setting from the CLI limits that group at its next run, even with no EGRESS_ALLOW', async () => {
+  const dials: string[] = [];
+  const s = model.script('group-egress', [
+    {
+      reply: toolUse('Bash', {
+        command: 'curl -sS http://docs.example.org/a > a.txt 2>&1; curl -sS http://site.test/b > b.txt 2>&1',
+      }),
+    },
+    { when: toolResult('Bash'), reply: text('limited') },
+  ]);
+  const app = await startApp({
+    baseUrl: s.baseUrl,
+    egress: {
+      resolve: async () => ['93.184.216.34'],
+      dial: (address, port) => {
+        dials.push(`${address}:${port}`);
+        return net.connect({ host: '127.0.0.1', port: sitePort });
+      },
+    },
+  });
+  try {
+    const r = spawnSync(process.execPath, [CLI, 'groups', 'set', 'main', '--egress', '*.example.org'], {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NANOCLAW_HOME: app.home },
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    await app.post('fetch both');
+    await eventually(() => app.orch.db.outboxAfter('web:main', 0).some((x) => x.text === 'limited'), 30_000);
+    const read = (f: string) => readFileSync(path.join(app.home, 'groups', 'main', f), 'utf8');
+    assert.equal(read('a.txt'), 'hello from docs.example.org/a');
+    assert.match(read('b.txt'), /egress refused: site\.test not in allowlist/);
     assert.deepEqual(dials, ['93.184.216.34:80']);
     s.assertDone();
   } finally {
