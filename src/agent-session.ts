@@ -9,7 +9,7 @@
 // mid-turn, or wait for a turn of their own), and the cursor moves past those; a turn that ends
 // without any text still marks its batches processed.
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { SDKMessage, SDKUserMessage, SpawnOptions } from '@anthropic-ai/claude-agent-sdk';
 import type { Config } from './config.js';
@@ -285,7 +285,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       command: o.command,
       args: o.args,
       cwd: GUEST.group,
-      mounts: groupMounts(config, group.folder, runDir),
+      mounts: groupMounts(config, group, runDir, existsSync),
       ...(deps.egress ? { egressSocket: `${GUEST.run}/api.sock` } : {}),
       env: {
         PATH: '/usr/local/bin:/usr/bin:/bin',

@@ -1,6 +1,7 @@
 // The mount plan (pure): which host paths a group's sandbox sees, and where. A group sees its own
 // folder read-write (its cwd), the global memory read-only, its own Claude home read-write and
-// its run's socket directory. Nothing else of the host is mounted.
+// its run's socket directory. Main also sees the project read-only, with `.env`, `store/` and
+// `data/` shadowed, and the global memory read-write. Nothing else of the host is mounted.
 import path from 'node:path';
 import type { Mount } from './sandbox/index.js';
 
@@ -9,6 +10,7 @@ export const GUEST = {
   global: '/workspace/global',
   home: '/home/agent',
   run: '/run/nanoclaw',
+  project: '/workspace/project',
 } as const;
 
 const FOLDER = /^[a-z0-9][a-z0-9-]{0,63}$/;
@@ -40,6 +42,18 @@ export interface HostPaths {
   dataDir: string;
 }
 
+export interface ProjectPaths extends HostPaths {
+  projectRoot: string;
+  home: string;
+  storeDir: string;
+}
+
+/** `child` relative to `parent` when it lies inside it, else undefined. */
+function inside(parent: string, child: string): string | undefined {
+  const rel = path.relative(parent, child);
+  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : undefined;
+}
+
 export function groupPaths(paths: HostPaths, folder: string) {
   return {
     group: path.join(paths.groupsDir, folder),
@@ -48,11 +62,30 @@ export function groupPaths(paths: HostPaths, folder: string) {
   };
 }
 
-export function groupMounts(paths: HostPaths, folder: string, runDir: string): Mount[] {
-  const p = groupPaths(paths, folder);
+export function groupMounts(
+  paths: ProjectPaths,
+  group: { folder: string; isMain: boolean },
+  runDir: string,
+  exists: (p: string) => boolean,
+): Mount[] {
+  const p = groupPaths(paths, group.folder);
+  const project: Mount[] = [];
+  if (group.isMain) {
+    project.push({ host: paths.projectRoot, guest: GUEST.project, readonly: true });
+    // Secrets and live state stay hidden inside the read-only view of the project.
+    for (const [host, type] of [
+      [path.join(paths.home, '.env'), 'hide'],
+      [paths.storeDir, 'tmpfs'],
+      [paths.dataDir, 'tmpfs'],
+    ] as const) {
+      const rel = inside(paths.projectRoot, host);
+      if (rel && exists(host)) project.push({ type, guest: path.posix.join(GUEST.project, rel) });
+    }
+  }
   return [
+    ...project,
     { host: p.group, guest: GUEST.group, readonly: false },
-    { host: p.global, guest: GUEST.global, readonly: true },
+    { host: p.global, guest: GUEST.global, readonly: !group.isMain },
     { host: p.home, guest: GUEST.home, readonly: false },
     { host: runDir, guest: GUEST.run, readonly: false },
   ];

@@ -13,19 +13,19 @@ import { detectSandbox, SandboxError, type SandboxSpec, which } from '../src/san
 
 const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
 
+const binds: { host: string; guest: string; readonly: boolean }[] = [
+  { host: '/srv/nc/groups/family', guest: '/workspace/group', readonly: false },
+  { host: '/srv/nc/groups/global', guest: '/workspace/global', readonly: true },
+  { host: '/srv/nc/data/sessions/family/home', guest: '/home/agent', readonly: false },
+  { host: '/srv/nc/data/run/r1', guest: '/run/nanoclaw', readonly: false },
+];
 const spec: SandboxSpec = {
   command: '/opt/sdk/claude-binary',
   args: ['--output-format', 'stream-json'],
   env: { PATH: '/usr/bin:/bin', HOME: '/home/agent', ANTHROPIC_API_KEY: 'nanoclaw-run-token', TZ: 'UTC' },
-  mounts: [
-    { host: '/srv/nc/groups/family', guest: '/workspace/group', readonly: false },
-    { host: '/srv/nc/groups/global', guest: '/workspace/global', readonly: true },
-    { host: '/srv/nc/data/sessions/family/home', guest: '/home/agent', readonly: false },
-    { host: '/srv/nc/data/run/r1', guest: '/run/nanoclaw', readonly: false },
-  ],
+  mounts: binds,
   cwd: '/workspace/group',
 };
-
 // How many arguments each option bwrapOptions may emit takes. Any other option fails the parse,
 // so a new way of exposing host paths cannot slip in unnoticed.
 const ARITY: Readonly<Record<string, number>> = {
@@ -82,11 +82,11 @@ describe('bwrapOptions', () => {
     );
     assert.deepEqual(
       mountBinds.map((o) => [o.name, ...o.args]),
-      spec.mounts.map((m) => [m.readonly ? '--ro-bind' : '--bind', m.host, m.guest]),
+      binds.map((m) => [m.readonly ? '--ro-bind' : '--bind', m.host, m.guest]),
     );
     const commandAt = parsed.findIndex((o) => o.name === '--ro-bind' && o.args[1] === GUEST_COMMAND);
     assert.deepEqual(parsed[commandAt]?.args, [spec.command, GUEST_COMMAND]);
-    const firstMount = parsed.findIndex((o) => o.args[0] === spec.mounts[0]?.host);
+    const firstMount = parsed.findIndex((o) => o.args[0] === binds[0]?.host);
     assert.ok(commandAt < firstMount);
   });
 
@@ -114,7 +114,7 @@ describe('bwrapOptions', () => {
       '/etc/ld.so.cache',
       '/etc/alternatives',
       spec.command,
-      ...spec.mounts.map((m) => m.host),
+      ...binds.map((m) => m.host),
     ]);
     const hostSources = parsed
       .filter((o) => o.name === '--bind' || o.name === '--ro-bind')

@@ -78,7 +78,11 @@ export function bwrapOptions(
     spec.command,
     GUEST_COMMAND,
   );
-  for (const m of spec.mounts) opts.push(m.readonly ? '--ro-bind' : '--bind', m.host, m.guest);
+  for (const m of spec.mounts) {
+    if (m.type === 'tmpfs') opts.push('--tmpfs', m.guest);
+    else if (m.type === 'hide') opts.push('--ro-bind', '/dev/null', m.guest);
+    else opts.push(m.readonly ? '--ro-bind' : '--bind', m.host, m.guest);
+  }
   const env = { ...spec.env };
   if (spec.egressSocket) {
     opts.push('--ro-bind', hostNode, GUEST_NODE, '--ro-bind-data', '6', '/opt/nanoclaw/bridge.cjs');

@@ -11,11 +11,12 @@ export class SandboxError extends Error {
   override name = 'SandboxError';
 }
 
-export interface Mount {
-  host: string;
-  guest: string;
-  readonly: boolean;
-}
+/** A host path bound in; or, over a path inside a read-only bind, an empty tmpfs (`tmpfs`) or an
+ * empty read-only file (`hide`) so the sandbox cannot see what is there. */
+export type Mount =
+  | { type?: 'bind'; host: string; guest: string; readonly: boolean }
+  | { type: 'tmpfs'; guest: string }
+  | { type: 'hide'; guest: string };
 
 export interface SandboxSpec {
   /** Host path of the program to run; it is bound read-only into the sandbox. */

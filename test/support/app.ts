@@ -1,6 +1,7 @@
 // Runs the real orchestrator (real SQLite, real bwrap, real Agent SDK) against the fake model,
 // in-process, on a fresh NANOCLAW_HOME; plus small web-chat clients (POST and SSE).
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -11,7 +12,8 @@ import { createLogger } from '../../src/log.js';
 import { type Orchestrator, type OrchestratorDeps, startOrchestrator } from '../../src/orchestrator.js';
 
 /** The "real" model key: it must reach the fake, and never the sandbox. */
-export const REAL_KEY = 'sk-ant-api03-CANARY-d41d8cd98f00b204e9800998ecf8427e';
+// Made at run time: main's sandbox sees the project's files, so the key must be in none of them.
+export const REAL_KEY = `sk-ant-api03-CANARY-${randomBytes(16).toString('hex')}`;
 
 export function tempHome(): string {
   return mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-test-'));
