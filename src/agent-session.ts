@@ -19,7 +19,7 @@ import type { AgentHooks, AgentOutcome, LiveAgent } from './group-queue.js';
 import type { Logger } from './log.js';
 import { GUEST, groupMounts, groupPaths } from './mounts.js';
 import { cleanOutput, formatPrompt, needsWake } from './router.js';
-import type { Sandbox } from './sandbox/index.js';
+import type { Mount, Sandbox } from './sandbox/index.js';
 
 const MAX_REPLY_CHARS = 40_000;
 
@@ -33,6 +33,8 @@ export interface SessionDeps {
   /** Called after a reply was committed to the outbox. */
   replied: (chatJid: string) => void;
   working: (chatJid: string, working: boolean) => void;
+  /** The group's extra mounts that pass the allowlist now. */
+  extraMounts?: (group: Group) => Mount[];
   /** The egress policy for this group's runs (tied to its socket, never to a request). */
   egress?: (group: Group) => Egress;
   setTimer: (fn: () => void, ms: number) => unknown;
@@ -285,7 +287,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       command: o.command,
       args: o.args,
       cwd: GUEST.group,
-      mounts: groupMounts(config, group, runDir, existsSync),
+      mounts: groupMounts(config, group, runDir, existsSync, deps.extraMounts?.(group) ?? []),
       ...(deps.egress ? { egressSocket: `${GUEST.run}/api.sock` } : {}),
       env: {
         PATH: '/usr/local/bin:/usr/bin:/bin',

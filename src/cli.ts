@@ -2,14 +2,23 @@
 // The `nanoclaw` command. Every command but `start` works on the store directly (creating and
 // migrating it), so it needs no running orchestrator; a running one reads groups from the store
 // on every message, so changes take effect without a restart.
-import { realpathSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from './config.js';
+import { type Config, ConfigError, loadConfig } from './config.js';
 import { type Db, type Group, openDb } from './db.js';
 import { globProblem } from './egress.js';
-import { folderFromName, folderProblem } from './mounts.js';
+import {
+  checkExtraMount,
+  defaultAllowlistPath,
+  folderFromName,
+  folderProblem,
+  type MountAllowlist,
+  parseAllowlist,
+  parseMountSpec,
+} from './mounts.js';
 import { triggerFor } from './router.js';
 
 export class UsageError extends Error {
@@ -24,9 +33,12 @@ Usage:
   nanoclaw groups add <chat> --name <name> [--folder <folder>] [--trigger <@word>] [--no-trigger] [--main]
                                       register a chat (chat ids: web:main, discord:<channel id>)
   nanoclaw groups remove <chat|folder>
-  nanoclaw groups set <chat|folder> --egress <host globs|default>
-                                      limit the group's web access to these hosts (comma-separated,
-                                      '*' = one label); 'default' returns it to EGRESS_ALLOW
+  nanoclaw groups set <chat|folder> [--egress <host globs|default>] [--mount <host>:<name>[:rw]]… [--clear-mounts]
+                                      --egress limits the group's web access to these hosts
+                                      (comma-separated, '*' = one label); 'default' returns it to
+                                      EGRESS_ALLOW. --mount adds a host folder at
+                                      /workspace/extra/<name>, only under a root listed in
+                                      ~/.config/nanoclaw/mount-allowlist.json
   nanoclaw --help
 
 Configuration comes from $NANOCLAW_HOME/.env and the environment (see README).`;
@@ -37,7 +49,8 @@ export function findGroup(db: Db, ref: string): Group | undefined {
   return db.group(ref) ?? db.groupByFolder(ref);
 }
 
-function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: string) => void): void {
+function groupsCommand(db: Db, args: string[], config: Config, out: (s: string) => void): void {
+  const assistantName = config.assistantName;
   const [sub, ...rest] = args;
   if (sub === 'list') {
     const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true });
@@ -117,14 +130,23 @@ function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: s
       args: rest,
       allowPositionals: true,
       strict: true,
-      options: { egress: { type: 'string' } },
+      options: {
+        egress: { type: 'string' },
+        mount: { type: 'string', multiple: true },
+        'clear-mounts': { type: 'boolean' },
+      },
     });
     const ref = positionals[0];
     if (!ref || positionals.length > 1)
       throw new UsageError('groups set takes exactly one chat id or folder');
     const g = findGroup(db, ref);
     if (!g) throw new UsageError(`no registered group ${ref}`);
-    if (values.egress === undefined) throw new UsageError('groups set needs --egress <host globs|default>');
+    if (values.egress === undefined && !values.mount && !values['clear-mounts']) {
+      throw new UsageError('groups set needs --egress, --mount or --clear-mounts');
+    }
+    if (values.mount || values['clear-mounts'])
+      setMounts(db, g, values.mount ?? [], !!values['clear-mounts'], config, out);
+    if (values.egress === undefined) return;
     if (values.egress.trim() === 'default') {
       db.setGroupEgress(g.jid, null);
       out(`${g.jid}: egress follows EGRESS_ALLOW`);
@@ -143,6 +165,43 @@ function groupsCommand(db: Db, args: string[], assistantName: string, out: (s: s
     return;
   }
   throw new UsageError(`unknown command "groups ${sub ?? ''}": try nanoclaw --help`);
+}
+
+/** Adds mounts (each judged against the allowlist now) or clears them; one refusal changes nothing. */
+function setMounts(
+  db: Db,
+  g: Group,
+  specs: string[],
+  clear: boolean,
+  config: Config,
+  out: (s: string) => void,
+): void {
+  const home = os.homedir();
+  const allowlistPath = defaultAllowlistPath();
+  let list: MountAllowlist | undefined;
+  if (specs.length > 0) {
+    try {
+      list = parseAllowlist(JSON.parse(readFileSync(allowlistPath, 'utf8')), home);
+    } catch (err) {
+      throw new UsageError(`mount allowlist ${allowlistPath}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+  const mounts = clear ? [] : [...g.mounts];
+  for (const spec of specs) {
+    const m = parseMountSpec(spec, home);
+    if (typeof m === 'string') throw new UsageError(m);
+    const r = checkExtraMount(m, list, realpathSync, [config.projectRoot, config.home]);
+    if (!r.ok) throw new UsageError(`mount ${spec} refused: ${r.reason}`);
+    if (mounts.some((x) => x.name === m.name))
+      throw new UsageError(`${g.jid} already has a mount named ${m.name}`);
+    mounts.push(m);
+  }
+  db.setGroupMounts(g.jid, mounts);
+  out(
+    mounts.length
+      ? `${g.jid}: mounts ${mounts.map((m) => `${m.host} → /workspace/extra/${m.name}${m.rw ? ' (rw)' : ''}`).join(', ')}`
+      : `${g.jid}: no extra mounts`,
+  );
 }
 
 /** Runs one command; returns the exit code. Output goes through `out`/`err`. */
@@ -167,7 +226,7 @@ export async function runCli(
     const config = loadConfig(env);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
-      groupsCommand(db, args, config.assistantName, out);
+      groupsCommand(db, args, config, out);
     } finally {
       db.close();
     }

@@ -15,6 +15,8 @@ export interface Group {
   createdAt: number;
   /** The group's egress allowlist (host globs); null: the global EGRESS_ALLOW applies. */
   egressAllow: string[] | null;
+  /** Extra mounts, judged against the mount allowlist at every agent start. */
+  mounts: { host: string; name: string; rw: boolean }[];
 }
 
 export interface StoredMessage {
@@ -67,7 +69,7 @@ export interface RunRow {
 
 export type NewMessage = Omit<StoredMessage, 'id' | 'mayWake' | 'mentionsMe' | 'threadId' | 'attachments'> &
   Partial<Pick<StoredMessage, 'mayWake' | 'mentionsMe' | 'threadId' | 'attachments'>>;
-export type NewGroup = Omit<Group, 'cursor' | 'createdAt' | 'egressAllow'>;
+export type NewGroup = Omit<Group, 'cursor' | 'createdAt' | 'egressAllow' | 'mounts'>;
 
 const MIGRATIONS: readonly string[] = [
   `
@@ -119,6 +121,9 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE groups ADD COLUMN egress_allow TEXT;
   `,
+  `
+  ALTER TABLE groups ADD COLUMN mounts TEXT;
+  `,
 ];
 
 /** The schema version this NanoClaw migrates a store to. */
@@ -139,6 +144,7 @@ const toGroup = (r: Row): Group => ({
   cursor: num(r.cursor),
   createdAt: num(r.created_at),
   egressAllow: r.egress_allow ? (JSON.parse(str(r.egress_allow)) as string[]) : null,
+  mounts: r.mounts ? (JSON.parse(str(r.mounts)) as Group['mounts']) : [],
 });
 const toMessage = (r: Row): StoredMessage => ({
   id: num(r.id),
@@ -217,6 +223,7 @@ export function openDb(file: string) {
     ),
     removeGroup: db.prepare('DELETE FROM groups WHERE jid = ?'),
     setEgress: db.prepare('UPDATE groups SET egress_allow = ? WHERE jid = ?'),
+    setMounts: db.prepare('UPDATE groups SET mounts = ? WHERE jid = ?'),
     advanceCursor: db.prepare('UPDATE groups SET cursor = max(cursor, ?) WHERE jid = ?'),
     unprocessed: db.prepare(
       `SELECT g.jid FROM groups g WHERE EXISTS
@@ -362,6 +369,9 @@ export function openDb(file: string) {
     /** Sets (or with null clears) a group's egress allowlist. */
     setGroupEgress(jid: string, allow: readonly string[] | null): void {
       q.setEgress.run(allow ? JSON.stringify(allow) : null, jid);
+    },
+    setGroupMounts(jid: string, mounts: Group['mounts']): void {
+      q.setMounts.run(mounts.length ? JSON.stringify(mounts) : null, jid);
     },
     removeGroup(jid: string): boolean {
       return q.removeGroup.run(jid).changes === 1;

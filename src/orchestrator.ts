@@ -3,22 +3,30 @@
 // queue at once (no polling); replies go out through the outbox. At start, messages left
 // unanswered and replies left undelivered by a crash are picked up again.
 import { lookup } from 'node:dns/promises';
-import { copyFileSync, existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { startAgentSession } from './agent-session.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
 import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
 import type { Egress, ModelCredential } from './credential-proxy.js';
-import { type Db, openDb } from './db.js';
+import { type Db, type Group, openDb } from './db.js';
 import { createEgressPolicy, type Resolve } from './egress.js';
 import { createGroupQueue } from './group-queue.js';
 import type { Logger } from './log.js';
-import { folderProblem, groupPaths } from './mounts.js';
+import {
+  checkExtraMount,
+  defaultAllowlistPath,
+  folderProblem,
+  groupPaths,
+  type MountAllowlist,
+  parseAllowlist,
+} from './mounts.js';
 import { createOutbox } from './outbox.js';
 import { needsWake, triggerFor } from './router.js';
-import { detectSandbox, type Sandbox } from './sandbox/index.js';
+import { detectSandbox, type Mount, type Sandbox } from './sandbox/index.js';
 
 export interface OrchestratorDeps {
   log: Logger;
@@ -30,6 +38,8 @@ export interface OrchestratorDeps {
   /** More channels (a test's fake); each gets the ingest function. */
   channels?: (ingest: (m: InboundMessage) => IngestResult) => Channel[];
   discord?: { typingIntervalMs?: number };
+  /** Where the mount allowlist lives (default ~/.config/nanoclaw/mount-allowlist.json). */
+  mountAllowlistPath?: string;
   /** Test seams for the egress policy: a static resolver and a recording dial. */
   egress?: { resolve?: Resolve; dial?: Egress['dial']; testAddresses?: readonly string[] };
 }
@@ -93,6 +103,24 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   const dial: Egress['dial'] =
     deps.egress?.dial ?? ((address, port) => net.connect({ host: address, port, noDelay: true }));
 
+  const allowlistPath = deps.mountAllowlistPath ?? defaultAllowlistPath();
+  /** A group's extra mounts that pass the allowlist as it is now; refusals are logged. */
+  function extraMountsFor(group: Group): Mount[] {
+    if (group.mounts.length === 0) return [];
+    let list: MountAllowlist | undefined;
+    try {
+      list = parseAllowlist(JSON.parse(readFileSync(allowlistPath, 'utf8')), os.homedir());
+    } catch (err) {
+      log.warn(`group ${group.folder}: mount allowlist ${allowlistPath}: ${(err as Error).message}`);
+    }
+    return group.mounts.flatMap((m) => {
+      const r = checkExtraMount(m, list, realpathSync, [config.projectRoot, config.home]);
+      if (r.ok) return [r.mount];
+      log.warn(`group ${group.folder}: extra mount ${m.host} refused: ${r.reason}`);
+      return [];
+    });
+  }
+
   const channels: Channel[] = [];
   const outbox = createOutbox({ db, channels: () => channels, log, now, ...timers });
 
@@ -121,6 +149,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
           now,
           ...timers,
           replied: () => outbox.kick(),
+          extraMounts: (group) => extraMountsFor(group),
           egress: (group) => ({
             decide: policyFor(group.egressAllow ?? config.egressAllow),
             dial,

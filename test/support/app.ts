@@ -55,6 +55,7 @@ export async function startApp(opts: {
   discord?: { typingIntervalMs?: number };
   credential?: 'api_key' | 'oauth';
   egress?: OrchestratorDeps['egress'];
+  mountAllowlistPath?: string;
 }): Promise<TestApp> {
   const home = opts.home ?? tempHome();
   const env = testEnv(home, opts.baseUrl, opts.env, opts.credential);
@@ -67,6 +68,7 @@ export async function startApp(opts: {
     ...(opts.retryBaseMs !== undefined ? { retryBaseMs: opts.retryBaseMs } : {}),
     ...(opts.discord ? { discord: opts.discord } : {}),
     ...(opts.egress ? { egress: opts.egress } : {}),
+    ...(opts.mountAllowlistPath ? { mountAllowlistPath: opts.mountAllowlistPath } : {}),
   });
   const port = orch.web.port();
   return {
