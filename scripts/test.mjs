@@ -27,7 +27,7 @@ run('npx', ['biome', 'check', 'src', 'test', 'bench', 'scripts']);
 const only = process.argv.slice(2);
 const files = only.length
   ? only
-  : readdirSync('dist/test')
+  : readdirSync('dist/test', { recursive: true, encoding: 'utf8' })
       .filter((f) => f.endsWith('.test.js'))
       .map((f) => `dist/test/${f}`);
 run(process.execPath, ['--test', '--test-timeout=300000', ...files]);

@@ -3,7 +3,16 @@
 // queue at once (no polling); replies go out through the outbox. At start, messages left
 // unanswered and replies left undelivered by a crash are picked up again.
 import { lookup } from 'node:dns/promises';
-import { copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
+import {
+  constants,
+  copyFileSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+} from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -66,7 +75,15 @@ export function ensureGroupFolder(config: Config, folder: string, isMain: boolea
     if (lstatSync(dir).isSymbolicLink()) throw new Error(`${dir} is a symlink: refusing to use it`);
     const memory = path.join(dir, 'CLAUDE.md');
     const source = template && path.join(config.projectRoot, 'templates', 'groups', template, 'CLAUDE.md');
-    if (source && !existsSync(memory) && existsSync(source)) copyFileSync(source, memory);
+    // Never through a link an agent planted: COPYFILE_EXCL (O_EXCL) refuses any existing path,
+    // a dangling symlink included, where existsSync would follow it and say "missing".
+    if (source && existsSync(source)) {
+      try {
+        copyFileSync(source, memory, constants.COPYFILE_EXCL);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    }
   }
   mkdirSync(path.join(p.home, '.claude'), { recursive: true });
 }
