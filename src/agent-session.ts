@@ -19,7 +19,7 @@ import type { AgentHooks, AgentOutcome, LiveAgent } from './group-queue.js';
 import type { Logger } from './log.js';
 import { GUEST, groupMounts, groupPaths } from './mounts.js';
 import { cleanOutput, formatPrompt, needsWake } from './router.js';
-import type { Mount, Sandbox } from './sandbox/index.js';
+import { type Mount, parseSize, type Sandbox } from './sandbox/index.js';
 
 const MAX_REPLY_CHARS = 40_000;
 
@@ -288,6 +288,11 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       args: o.args,
       cwd: GUEST.group,
       mounts: groupMounts(config, group, runDir, existsSync, deps.extraMounts?.(group) ?? []),
+      limits: {
+        memoryBytes: parseSize(config.sandboxMemory),
+        cpus: config.sandboxCpus,
+        pids: config.sandboxPids,
+      },
       ...(deps.egress ? { egressSocket: `${GUEST.run}/api.sock` } : {}),
       env: {
         PATH: '/usr/local/bin:/usr/bin:/bin',

@@ -103,12 +103,25 @@ export function bwrapOptions(
 }
 
 /** `bwrap` is the absolute path of the bubblewrap binary (found on PATH at start). */
-export function createBwrapSandbox(bwrap: string, hostNode: string): Sandbox {
+/**
+ * rlimits for a bwrap sandbox (bwrap has no cgroups): address space 4 × the memory limit (a cap on
+ * runaway allocation; virtual reservations need headroom), files up to 4 GiB, 4096 open files.
+ * RLIMIT_NPROC is left alone: it counts every process of the host uid the sandbox maps to.
+ */
+export function rlimitArgs(limits: SandboxSpec['limits']): string[] {
+  if (!limits) return [];
+  return [`--as=${limits.memoryBytes * 4}`, `--fsize=${4 * 1024 ** 3}`, '--nofile=4096'];
+}
+
+/** `prlimit` (util-linux), when found, applies the rlimits and then execs bwrap. */
+export function createBwrapSandbox(bwrap: string, hostNode: string, prlimit?: string): Sandbox {
   return {
     kind: 'bwrap',
     spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams {
       const command = spec.egressSocket ? ['/bin/sh', GUEST_ENTRY, GUEST_COMMAND] : [GUEST_COMMAND];
-      const child = spawn(bwrap, ['--args', '3', ...command, ...spec.args], {
+      const argv = [bwrap, '--args', '3', ...command, ...spec.args];
+      const limited = prlimit && spec.limits ? [prlimit, ...rlimitArgs(spec.limits), '--', ...argv] : argv;
+      const child = spawn(limited[0] as string, limited.slice(1), {
         stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
         env: {},
         // Its own process group: a Ctrl-C at the terminal reaches the orchestrator, which then

@@ -32,6 +32,22 @@ export interface SandboxSpec {
    * forwards every connection to the proxy's Unix socket at this guest path.
    */
   egressSocket?: string;
+  /** Resource limits (containers: cgroups; bwrap: rlimits where they apply). */
+  limits?: SandboxLimits;
+}
+
+export interface SandboxLimits {
+  memoryBytes: number;
+  cpus: number;
+  pids: number;
+}
+
+/** `512m`, `2g`, `1024` (bytes) → bytes. */
+export function parseSize(size: string): number {
+  const m = /^(\d+)([kmg]?)$/i.exec(size.trim());
+  if (!m?.[1]) throw new TypeError(`size "${size}" must look like 512m or 2g`);
+  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(m[2] ?? '').toLowerCase()] ?? 1;
+  return Number(m[1]) * unit;
 }
 
 /** The bridge's port on the sandbox's own loopback. */
@@ -83,7 +99,8 @@ export function detectSandbox(
 ): Sandbox {
   if (wanted === 'auto' || wanted === 'bwrap') {
     const bwrap = which('bwrap', searchPath);
-    if (bwrap && probe(bwrap)) return createBwrapSandbox(bwrap, process.execPath);
+    if (bwrap && probe(bwrap))
+      return createBwrapSandbox(bwrap, process.execPath, which('prlimit', searchPath));
     if (wanted === 'bwrap') {
       throw new SandboxError(
         bwrap

@@ -90,6 +90,12 @@ function probes(otherFolder: string, storeFile: string, projectDir: string): str
       'pkill -f "bridge.cj[s]"; sleep 0.3; curl -s http://site.test/after-kill 2>&1; echo "exit $?"',
     ],
     ['sudo', 'id; cat /proc/self/status | grep -E "^(CapEff|NoNewPrivs)"'],
+    // 12 × 1 GiB of untouched buffers: no RSS, only address space (which the limit caps at 8 GiB).
+    [
+      'memory',
+      '/opt/nanoclaw/bin/node -e "const a = []; for (let i = 0; i < 12; i++) a.push(Buffer.allocUnsafeSlow(2 ** 30))" > /dev/null 2>&1; echo "exit $?"',
+    ],
+    ['limits', 'echo "as=$(ulimit -v) fsize=$(ulimit -f) nofile=$(ulimit -n)"'],
   ];
   return p.map(([name, cmd]) => `{ ${cmd}; } > probe-${name}.txt 2>&1`).join('\n');
 }
@@ -238,6 +244,9 @@ describe('a non-main agent trying to get out', () => {
     assert.match(probe('sudo'), /CapEff:\s+0000000000000000/);
     assert.match(probe('sudo'), /NoNewPrivs:\s+1/);
   });
+  test('cannot allocate past its address-space limit', () => assert.match(probe('memory'), /exit [1-9]/));
+  test('runs under file-size and open-file limits', () =>
+    assert.match(probe('limits'), /^as=8388608 fsize=4194304 nofile=4096$/m));
   test('cannot flood the chat with an oversized reply', () => {
     const reply = app.orch.db.outboxAfter(GROUP, 0)[0]?.text ?? '';
     assert.ok(reply.length <= 40_100, `reply of ${reply.length} characters`);
