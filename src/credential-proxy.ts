@@ -43,8 +43,8 @@ export interface ModelSocket {
   close(): Promise<void>;
 }
 
-// Hop-by-hop headers and the sandbox's own credential never travel upstream.
-const DROP = new Set([
+// Hop-by-hop and proxy headers never travel on; to the model, neither does the run token.
+const HOP_BY_HOP = new Set([
   'host',
   'connection',
   'keep-alive',
@@ -54,9 +54,8 @@ const DROP = new Set([
   'trailer',
   'transfer-encoding',
   'upgrade',
-  'x-api-key',
-  'authorization',
 ]);
+const DROP = new Set([...HOP_BY_HOP, 'x-api-key', 'authorization']);
 
 function sameSecret(a: string, b: string): boolean {
   const x = Buffer.from(a);
@@ -122,7 +121,9 @@ export async function openModelSocket(opts: {
           return refuse(res, 403, 'permission_error', `egress refused: ${d.reason}`);
         }
         const headers: http.OutgoingHttpHeaders = {};
-        for (const [k, v] of Object.entries(req.headers)) if (!DROP.has(k) && v !== undefined) headers[k] = v;
+        // The agent's own headers (an API token for a site it calls) pass; only hop-by-hop go.
+        for (const [k, v] of Object.entries(req.headers))
+          if (!HOP_BY_HOP.has(k) && v !== undefined) headers[k] = v;
         headers.host = target.host;
         // The agent's only way to a socket is the checked address through `dial`.
         const agent = new (class extends http.Agent {

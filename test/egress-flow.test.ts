@@ -24,7 +24,11 @@ let site: http.Server;
 let sitePort = 0;
 before(async () => {
   model = await startFakeAnthropic();
-  site = http.createServer((req, res) => res.end(`hello from ${req.headers.host}${req.url}`));
+  site = http.createServer((req, res) =>
+    res.end(
+      `hello from ${req.headers.host}${req.url}${req.headers.authorization ? ` (${req.headers.authorization})` : ''}`,
+    ),
+  );
   await new Promise<void>((r) => site.listen(0, '127.0.0.1', () => r()));
   sitePort = (site.address() as AddressInfo).port;
 });
@@ -97,6 +101,7 @@ test('the agent reaches public hosts through the proxy, and private ones are ref
     [
       'curl -sS http://site.test/plain > plain.txt 2>&1',
       'curl -sS -p http://site.test/tunnel > tunnel.txt 2>&1',
+      'curl -sS -H "Authorization: Bearer site-token" http://site.test/auth > auth.txt 2>&1',
       'curl -sS http://evil.test/ > evil.txt 2>&1',
       'curl -sS http://mixed.test/ > mixed.txt 2>&1',
       'curl -sS http://169.254.169.254/latest/meta-data/ > metadata-ip.txt 2>&1',
@@ -107,17 +112,14 @@ test('the agent reaches public hosts through the proxy, and private ones are ref
   );
   assert.equal(files.plain, 'hello from site.test/plain');
   assert.equal(files.tunnel, 'hello from site.test/tunnel');
+  assert.equal(files.auth, 'hello from site.test/auth (Bearer site-token)', "the agent's own headers pass");
   assert.match(files.evil ?? '', /egress refused: evil\.test resolves to non-public 10\.0\.0\.5/);
   assert.match(files.mixed ?? '', /egress refused: mixed\.test resolves to non-public 127\.0\.0\.1/);
   assert.match(files['metadata-ip'] ?? '', /egress refused/);
   assert.equal(files['meta-tls']?.trim(), '56', 'CONNECT refused');
   assert.match(files.port ?? '', /egress refused: port 8080 not allowed/);
   assert.notEqual(files.direct?.trim(), '0', 'no way out without the proxy');
-  assert.deepEqual(
-    dials,
-    ['93.184.216.34:80', '93.184.216.34:80'],
-    'only the accepted requests were dialled',
-  );
+  assert.deepEqual(dials, Array(3).fill('93.184.216.34:80'), 'only the accepted requests were dialled');
   assert.match(logs, /group main: egress refused evil\.test:80/);
   assert.match(logs, /group main: egress refused meta\.test:443/);
 });
