@@ -92,7 +92,9 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   const { log } = deps;
   const now = deps.now ?? Date.now;
   const sandbox = deps.sandbox ?? detectSandbox(config.sandbox, deps.env?.PATH);
-  log.info(`sandbox: ${sandbox.kind}`);
+  log.info(`sandbox: ${sandbox.kind}${sandbox.reason ? ` (${sandbox.reason})` : ''}`);
+  if (sandbox.reason?.includes('no rlimits'))
+    log.warn('prlimit (util-linux) not found: sandboxes run without rlimits');
   const db: Db = openDb(path.join(config.storeDir, 'messages.db'));
   db.abandonRuns(now());
   // Socket directories of runs a crash left behind: nothing listens on them any more.

@@ -189,8 +189,10 @@ describe('detectSandbox', () => {
     );
   });
 
-  test('SANDBOX=auto picks bwrap here', () => {
-    assert.equal(detectSandbox('auto', process.env.PATH).kind, 'bwrap');
+  test('SANDBOX=auto picks bwrap here and says why', () => {
+    const auto = detectSandbox('auto', process.env.PATH);
+    assert.equal(auto.kind, 'bwrap');
+    assert.match(auto.reason ?? '', /^SANDBOX=auto: .*bwrap creates namespaces; rlimits via .*prlimit$/);
     assert.equal(detectSandbox('bwrap', process.env.PATH).kind, 'bwrap');
   });
 

@@ -73,6 +73,8 @@ exec "$@"
 
 export interface Sandbox {
   readonly kind: Exclude<SandboxKind, 'auto'>;
+  /** Why this runtime was chosen, for the start-up log. */
+  readonly reason?: string;
   spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams;
 }
 
@@ -99,8 +101,15 @@ export function detectSandbox(
 ): Sandbox {
   if (wanted === 'auto' || wanted === 'bwrap') {
     const bwrap = which('bwrap', searchPath);
-    if (bwrap && probe(bwrap))
-      return createBwrapSandbox(bwrap, process.execPath, which('prlimit', searchPath));
+    if (bwrap && probe(bwrap)) {
+      const prlimit = which('prlimit', searchPath);
+      return {
+        ...createBwrapSandbox(bwrap, process.execPath, prlimit),
+        reason:
+          `${wanted === 'auto' ? 'SANDBOX=auto: the only runtime this version supports' : 'SANDBOX=bwrap'}; ` +
+          `${bwrap} creates namespaces; ${prlimit ? `rlimits via ${prlimit}` : 'no prlimit: no rlimits'}`,
+      };
+    }
     if (wanted === 'bwrap') {
       throw new SandboxError(
         bwrap
