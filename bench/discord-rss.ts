@@ -1,5 +1,6 @@
 // Orchestrator RSS with Discord connected: the real process (`nanoclaw start`) logged in to the
-// fake Discord server, idle, then after 20 answered messages in a registered channel. Prints MiB.
+// fake Discord server, idle, after 20 answered messages in a registered channel (one live agent),
+// and with four live agents in four groups. Prints MiB.
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { openDb } from '../src/db.js';
@@ -17,26 +18,23 @@ const bot = discord.addBot('bench-token', 'Krabby');
 const owner = discord.addUser('owner');
 const guild = discord.addGuild('Home');
 const channel = discord.addTextChannel(guild.id, 'general').id;
+const rooms = Array.from({ length: 3 }, (_, i) => discord.addTextChannel(guild.id, `room-${i}`).id);
 const home = tempHome();
 writeFileSync(path.join(home, '.env'), 'ANTHROPIC_API_KEY=sk-bench\nSANDBOX=bwrap\n');
 const db = openDb(path.join(home, 'store', 'messages.db'));
-db.addGroup(
-  {
-    jid: `discord:${channel}`,
-    name: 'General',
-    folder: 'general',
-    trigger: '@Krabby',
-    requiresTrigger: false,
-    isMain: false,
-  },
-  Date.now(),
-);
+for (const [i, id] of [channel, ...rooms].entries()) {
+  const folder = i === 0 ? 'general' : `room-${i}`;
+  db.addGroup(
+    { jid: `discord:${id}`, name: folder, folder, trigger: '@Krabby', requiresTrigger: false, isMain: false },
+    Date.now(),
+  );
+}
 db.close();
 const rounds = 20;
-model.script(
-  'default',
-  Array.from({ length: rounds }, (_, i) => ({ reply: text(`answer ${i}`) })),
-);
+model.script('default', [
+  ...Array.from({ length: rounds }, (_, i) => ({ reply: text(`answer ${i}`) })),
+  ...rooms.map((_, i) => ({ reply: text(`room answer ${i}`) })),
+]);
 const app = await spawnApp(home, {
   ANTHROPIC_BASE_URL: model.baseUrl,
   WEB_PORT: '0',
@@ -52,12 +50,27 @@ try {
     await discord.nextMessage((m) => m.author.id === bot.id && m.content === `answer ${i}`, 30_000);
   }
   await sleep(1000);
-  const busy = rssMiB(app.child.pid ?? 0);
+  const one = rssMiB(app.child.pid ?? 0);
+  // Three more groups, each with its own live agent (MAX_CONCURRENT_AGENTS defaults to 5).
+  for (const [i, id] of rooms.entries()) {
+    discord.injectMessage({ channelId: id, author: owner, content: 'hello' });
+    await discord.nextMessage((m) => m.author.id === bot.id && m.content === `room answer ${i}`, 30_000);
+  }
+  await sleep(1000);
+  const four = rssMiB(app.child.pid ?? 0);
+  const perAgent = (four - one) / rooms.length;
+  const f = (n: number) => Number(n.toFixed(1));
   console.log(
-    `orchestrator RSS with Discord connected: idle ${idle.toFixed(1)} MiB; one live agent after ${rounds} answers ${busy.toFixed(1)} MiB`,
+    `orchestrator RSS with Discord connected (MiB): idle ${f(idle)}; one live agent after ${rounds} answers ${f(one)}; four live agents ${f(four)} (${f(perAgent)} per extra agent)`,
   );
   console.log(
-    JSON.stringify({ idleMiB: Number(idle.toFixed(1)), oneAgentMiB: Number(busy.toFixed(1)), rounds }),
+    JSON.stringify({
+      idleMiB: f(idle),
+      oneAgentMiB: f(one),
+      fourAgentsMiB: f(four),
+      perExtraAgentMiB: f(perAgent),
+      rounds,
+    }),
   );
 } finally {
   app.child.kill('SIGTERM');
