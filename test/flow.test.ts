@@ -66,7 +66,6 @@ test('a web message reaches a sandboxed agent that runs Bash, and its answer arr
     assert.equal(run.outputTokens, 20 + 56);
     assert.ok(run.costUsd > 0);
     script.assertDone();
-    console.log(app.logs.join(''));
   } finally {
     await app.stop();
     removeHome(app.home);
