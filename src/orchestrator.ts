@@ -200,8 +200,11 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   function ingest(m: InboundMessage): IngestResult {
     if (!intake) return { stored: false, reason: 'shutting down' };
     const group = db.group(m.chatJid);
-    db.upsertChat(m.chatJid, m.chatName, m.chatJid.split(':')[0] ?? '', m.at);
-    if (!group) return { stored: false, reason: `chat ${m.chatJid} is not registered` };
+    if (!group) {
+      // Remembered for listing only; registered chats skip this write on the hot path.
+      db.upsertChat(m.chatJid, m.chatName, m.chatJid.split(':')[0] ?? '', m.at);
+      return { stored: false, reason: `chat ${m.chatJid} is not registered` };
+    }
     const { id, inserted } = db.insertMessage({
       chatJid: m.chatJid,
       platformId: m.platformId,

@@ -168,6 +168,20 @@ describe('Discord', () => {
     s.assertDone();
   });
 
+  test('a message in an unregistered channel is not stored, only the channel is remembered', async () => {
+    const w = await world();
+    const unregistered = w.discord.addTextChannel(w.guildId, 'random').id;
+    w.discord.injectMessage({ channelId: unregistered, author: w.owner, content: '@Krabby anyone?' });
+    const jid = `discord:${unregistered}`;
+    const raw = w.app.orch.db.raw;
+    await eventually(() => raw.prepare('SELECT 1 FROM chats WHERE jid = ?').get(jid) !== undefined, 10_000);
+    assert.deepEqual(raw.prepare('SELECT name, channel FROM chats WHERE jid = ?').get(jid), {
+      name: '#random',
+      channel: 'discord',
+    });
+    assert.equal(w.app.orch.db.messagesAfter(jid, 0).length, 0);
+  });
+
   test('an untriggered message is stored, not answered, and is in the next triggered prompt', async () => {
     const w = await world();
     const s = script(w, [{ reply: text('noted both') }]);
