@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type Config, ConfigError, loadConfig } from './config.js';
-import { type Db, type Group, openDb } from './db.js';
+import { type Db, type Group, openDb, SCHEMA_VERSION } from './db.js';
 import { globProblem } from './egress.js';
 import {
   checkExtraMount,
@@ -20,6 +20,7 @@ import {
   parseMountSpec,
 } from './mounts.js';
 import { triggerFor } from './router.js';
+import { detectSandbox } from './sandbox/index.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -39,6 +40,7 @@ Usage:
                                       EGRESS_ALLOW. --mount adds a host folder at
                                       /workspace/extra/<name>, only under a root listed in
                                       ~/.config/nanoclaw/mount-allowlist.json
+  nanoclaw doctor                     check the configuration, the sandbox runtime and the store
   nanoclaw --help
 
 Configuration comes from $NANOCLAW_HOME/.env and the environment (see README).`;
@@ -204,6 +206,47 @@ function setMounts(
   );
 }
 
+/** Checks what `start` needs, one line each; exits 1 if something would stop the start. */
+function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void, err: (s: string) => void): number {
+  const config = loadConfig(env);
+  out(`ok: configuration (home ${config.home}, assistant ${config.assistantName})`);
+  let failed = false;
+  try {
+    const sandbox = detectSandbox(config.sandbox, env.PATH);
+    out(`ok: sandbox ${sandbox.kind}${sandbox.reason ? ` (${sandbox.reason})` : ''}`);
+  } catch (e) {
+    err(`nanoclaw: sandbox: ${(e as Error).message}`);
+    failed = true;
+  }
+  const db = openDb(path.join(config.storeDir, 'messages.db'));
+  try {
+    out(
+      `ok: store ${path.join(config.storeDir, 'messages.db')} (schema ${SCHEMA_VERSION}, ${db.groups().length} groups)`,
+    );
+  } finally {
+    db.close();
+  }
+  const credential = config.anthropicApiKey
+    ? 'ANTHROPIC_API_KEY'
+    : config.claudeOauthToken
+      ? 'CLAUDE_CODE_OAUTH_TOKEN'
+      : undefined;
+  out(
+    credential
+      ? `ok: model credential ${credential}`
+      : 'warn: no model credential: agents answer with a notice until ANTHROPIC_API_KEY is set',
+  );
+  out(
+    config.discordBotToken
+      ? `ok: Discord configured (${config.discordApiUrl})`
+      : 'info: Discord off (no DISCORD_BOT_TOKEN)',
+  );
+  out(
+    `ok: web chat on http://${config.webHost}:${config.webPort}/${config.webToken ? ' (token required)' : ''}`,
+  );
+  return failed ? 1 : 0;
+}
+
 /** Runs one command; returns the exit code. Output goes through `out`/`err`. */
 export async function runCli(
   argv: string[],
@@ -222,6 +265,7 @@ export async function runCli(
       await main();
       return 0;
     }
+    if (cmd === 'doctor') return doctor(env, out, err);
     if (cmd !== 'groups') throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);
     const db = openDb(path.join(config.storeDir, 'messages.db'));

@@ -399,3 +399,37 @@ describe('groups set --egress', () => {
     }
   });
 });
+
+describe('doctor', () => {
+  test('reports the configuration, the sandbox and why, and the store; exits 0 when start would work', () => {
+    const home = tempHome();
+    try {
+      const r = spawnSync(process.execPath, [CLI, 'doctor'], {
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NANOCLAW_HOME: home },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /^ok: sandbox bwrap \(SANDBOX=auto: .*creates namespaces/m);
+      assert.match(r.stdout, /^ok: store .*messages\.db \(schema \d+, 1 groups\)$/m);
+      assert.match(r.stdout, /^warn: no model credential/m);
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  test('exits 1 with one line saying what to install when no sandbox runtime works', () => {
+    const home = tempHome();
+    try {
+      const r = spawnSync(process.execPath, [CLI, 'doctor'], {
+        env: { PATH: '/nonexistent', NANOCLAW_HOME: home },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 1);
+      const lines = r.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0] ?? '', /^nanoclaw: sandbox: .*apt-get install -y bubblewrap/);
+    } finally {
+      removeHome(home);
+    }
+  });
+});
