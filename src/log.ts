@@ -16,5 +16,3 @@ export function createLogger(level: Level, write: (line: string) => void, now = 
   };
   return { debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') };
 }
-
-export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };

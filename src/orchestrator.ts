@@ -205,20 +205,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       db.upsertChat(m.chatJid, m.chatName, m.chatJid.split(':')[0] ?? '', m.at);
       return { stored: false, reason: `chat ${m.chatJid} is not registered` };
     }
-    const { id, inserted } = db.insertMessage({
-      chatJid: m.chatJid,
-      platformId: m.platformId,
-      sender: m.sender,
-      senderName: m.senderName,
-      text: m.text,
-      at: m.at,
-      isBot: m.isBot ?? false,
-      fromMe: m.fromMe ?? false,
-      ...(m.mayWake === false ? { mayWake: false } : {}),
-      ...(m.mentionsMe ? { mentionsMe: true } : {}),
-      ...(m.threadId ? { threadId: m.threadId } : {}),
-      ...(m.attachments?.length ? { attachments: m.attachments } : {}),
-    });
+    const { id, inserted } = db.insertMessage({ ...m, isBot: m.isBot ?? false, fromMe: m.fromMe ?? false });
     if (inserted && !m.fromMe && needsWake([m], group)) route(m.chatJid);
     return { stored: true, id, duplicate: !inserted };
   }
