@@ -15,7 +15,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig, projectRoot } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { startOrchestrator } from '../src/orchestrator.js';
-import { detectSandbox, type Sandbox, which } from '../src/sandbox/index.js';
+import { detectSandbox, which } from '../src/sandbox/detect.js';
+import type { Sandbox } from '../src/sandbox/index.js';
 import {
   eventually,
   openEvents,

@@ -287,6 +287,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       command: o.command,
       args: o.args,
       cwd: GUEST.group,
+      label: group.folder,
       mounts: groupMounts(config, group, runDir, existsSync, deps.extraMounts?.(group) ?? []),
       limits: {
         memoryBytes: parseSize(config.sandboxMemory),

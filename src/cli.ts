@@ -20,7 +20,7 @@ import {
   parseMountSpec,
 } from './mounts.js';
 import { triggerFor } from './router.js';
-import { detectSandbox } from './sandbox/index.js';
+import { sandboxFor } from './sandbox/detect.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -212,7 +212,7 @@ function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void, err: (s: strin
   out(`ok: configuration (home ${config.home}, assistant ${config.assistantName})`);
   let failed = false;
   try {
-    const sandbox = detectSandbox(config.sandbox, env.PATH);
+    const sandbox = sandboxFor(config, env);
     out(`ok: sandbox ${sandbox.kind}${sandbox.reason ? ` (${sandbox.reason})` : ''}`);
   } catch (e) {
     err(`nanoclaw: sandbox: ${(e as Error).message}`);

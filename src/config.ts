@@ -46,6 +46,8 @@ export interface Config {
   readonly sandboxMemory: string;
   readonly sandboxCpus: number;
   readonly sandboxPids: number;
+  /** The agent image for docker, podman and apple (container/build.sh builds it). */
+  readonly containerImage: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Claude Code tuning variables passed through to the sandboxed CLI. */
   readonly cliEnv: Readonly<Record<string, string>>;
@@ -164,6 +166,13 @@ const schema = z.object({
     .transform(Number)
     .default(1),
   SANDBOX_PIDS: int('SANDBOX_PIDS', 8, 1_000_000).default(256),
+  CONTAINER_IMAGE: z
+    .string()
+    .regex(
+      /^[a-z0-9][a-z0-9._/:@-]{0,254}$/,
+      'CONTAINER_IMAGE must be an image name like nanoclaw-agent:latest',
+    )
+    .default('nanoclaw-agent:latest'),
   LOG_LEVEL: z
     .enum(['debug', 'info', 'warn', 'error'], { error: 'LOG_LEVEL must be debug, info, warn or error' })
     .default('info'),
@@ -261,6 +270,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
     sandboxMemory: v.SANDBOX_MEMORY,
     sandboxCpus: v.SANDBOX_CPUS,
     sandboxPids: v.SANDBOX_PIDS,
+    containerImage: v.CONTAINER_IMAGE,
     logLevel: v.LOG_LEVEL,
     cliEnv: Object.freeze({
       ...(v.CLAUDE_CODE_MAX_RETRIES !== undefined

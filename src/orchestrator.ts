@@ -35,7 +35,8 @@ import {
 } from './mounts.js';
 import { createOutbox } from './outbox.js';
 import { needsWake, triggerFor } from './router.js';
-import { detectSandbox, type Mount, type Sandbox } from './sandbox/index.js';
+import { sandboxFor } from './sandbox/detect.js';
+import type { Mount, Sandbox } from './sandbox/index.js';
 
 export interface OrchestratorDeps {
   log: Logger;
@@ -91,8 +92,10 @@ export function ensureGroupFolder(config: Config, folder: string, isMain: boolea
 export async function startOrchestrator(config: Config, deps: OrchestratorDeps) {
   const { log } = deps;
   const now = deps.now ?? Date.now;
-  const sandbox = deps.sandbox ?? detectSandbox(config.sandbox, deps.env?.PATH);
+  const sandbox = deps.sandbox ?? sandboxFor(config, deps.env ?? process.env);
   log.info(`sandbox: ${sandbox.kind}${sandbox.reason ? ` (${sandbox.reason})` : ''}`);
+  // Containers an earlier run left (a kill -9, a crash) would hold stale sockets and memory.
+  sandbox.reap?.();
   if (sandbox.reason?.includes('no rlimits'))
     log.warn('prlimit (util-linux) not found: sandboxes run without rlimits');
   const db: Db = openDb(path.join(config.storeDir, 'messages.db'));
@@ -293,6 +296,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);
       await bounded(outbox.flush());
       outbox.stop();
+      await bounded(sandbox.close?.() ?? Promise.resolve());
       for (const c of channels) await c.close();
       db.close();
     },

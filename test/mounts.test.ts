@@ -7,7 +7,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { GUEST, groupMounts } from '../src/mounts.js';
 import { createBwrapSandbox } from '../src/sandbox/bwrap.js';
-import { which } from '../src/sandbox/index.js';
+import { which } from '../src/sandbox/detect.js';
 
 const paths = (root: string) => ({
   projectRoot: root,

@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { bwrapOptions, createBwrapSandbox, SANDBOX_UID } from '../src/sandbox/bwrap.js';
-import { detectSandbox, SandboxError, type SandboxSpec, which } from '../src/sandbox/index.js';
+import { detectSandbox, which } from '../src/sandbox/detect.js';
+import { SandboxError, type SandboxSpec } from '../src/sandbox/index.js';
 
 const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
 
@@ -172,7 +173,7 @@ describe('detectSandbox', () => {
 
   test('SANDBOX=bwrap with a bwrap that cannot create namespaces says so', () => {
     assert.throws(
-      () => detectSandbox('bwrap', process.env.PATH, () => false),
+      () => detectSandbox('bwrap', process.env.PATH, { probe: () => false }),
       (err: unknown) => err instanceof SandboxError && /cannot create namespaces/.test(err.message),
     );
   });
@@ -181,7 +182,7 @@ describe('detectSandbox', () => {
   // found: install bubblewrap" message, which is wrong advice; SANDBOX=bwrap gets it right.
   test('regression: SANDBOX=auto with an installed bwrap that cannot create namespaces says so instead of asking to install it', () => {
     assert.throws(
-      () => detectSandbox('auto', process.env.PATH, () => false),
+      () => detectSandbox('auto', process.env.PATH, { probe: () => false }),
       (err: unknown) =>
         err instanceof SandboxError &&
         /cannot create namespaces/.test(err.message) &&

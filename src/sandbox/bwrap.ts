@@ -5,32 +5,18 @@ import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import {
   EGRESS_BRIDGE_JS,
-  EGRESS_BRIDGE_PORT,
   ENTRY_SH,
+  egressEnv,
+  GUEST_COMMAND,
+  GUEST_ENTRY,
+  guestArgv,
   type Sandbox,
   SandboxError,
   type SandboxSpec,
 } from './index.js';
 
 export const SANDBOX_UID = 1000;
-const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
-
 const GUEST_NODE = '/opt/nanoclaw/bin/node';
-const GUEST_ENTRY = '/opt/nanoclaw/start';
-
-/** The proxy variables, in both cases: curl ignores an upper-case HTTP_PROXY (httpoxy). */
-export function proxyEnv(port = EGRESS_BRIDGE_PORT): Record<string, string> {
-  const url = `http://127.0.0.1:${port}`;
-  const noProxy = 'localhost,127.0.0.1,::1';
-  return {
-    HTTP_PROXY: url,
-    HTTPS_PROXY: url,
-    http_proxy: url,
-    https_proxy: url,
-    NO_PROXY: noProxy,
-    no_proxy: noProxy,
-  };
-}
 
 /**
  * bwrap's options for a spec. `hostNode` is the node binary the egress bridge runs on (bound
@@ -83,14 +69,10 @@ export function bwrapOptions(
     else if (m.type === 'hide') opts.push('--ro-bind', '/dev/null', m.guest);
     else opts.push(m.readonly ? '--ro-bind' : '--bind', m.host, m.guest);
   }
-  const env = { ...spec.env };
+  const env = { ...spec.env, ...egressEnv(spec) };
   if (spec.egressSocket) {
     opts.push('--ro-bind', hostNode, GUEST_NODE, '--ro-bind-data', '6', '/opt/nanoclaw/bridge.cjs');
     opts.push('--ro-bind-data', '7', GUEST_ENTRY);
-    Object.assign(env, proxyEnv(), {
-      NANOCLAW_BRIDGE_PORT: String(EGRESS_BRIDGE_PORT),
-      NANOCLAW_EGRESS_SOCKET: spec.egressSocket,
-    });
   }
   opts.push('--clearenv');
   for (const [k, v] of Object.entries(env)) opts.push('--setenv', k, v);
@@ -114,12 +96,20 @@ export function rlimitArgs(limits: SandboxSpec['limits']): string[] {
 }
 
 /** `prlimit` (util-linux), when found, applies the rlimits and then execs bwrap. */
-export function createBwrapSandbox(bwrap: string, hostNode: string, prlimit?: string): Sandbox {
+export function createBwrapSandbox(
+  bwrap: string,
+  hostNode: string,
+  prlimit?: string,
+): Omit<Sandbox, 'spawn'> & { spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams } {
   return {
     kind: 'bwrap',
     spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams {
-      const command = spec.egressSocket ? ['/bin/sh', GUEST_ENTRY, GUEST_COMMAND] : [GUEST_COMMAND];
-      const argv = [bwrap, '--args', '3', ...command, ...spec.args];
+      const argv = [
+        bwrap,
+        '--args',
+        '3',
+        ...(spec.egressSocket ? guestArgv(spec) : [GUEST_COMMAND, ...spec.args]),
+      ];
       const limited = prlimit && spec.limits ? [prlimit, ...rlimitArgs(spec.limits), '--', ...argv] : argv;
       const child = spawn(limited[0] as string, limited.slice(1), {
         stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],

@@ -1,11 +1,9 @@
 // One small interface over the sandbox runtimes. A runtime turns a spec (command, env, mounts)
 // into a running child process whose stdio carries the Claude Code control protocol.
-import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
-import path from 'node:path';
+import { readFileSync } from 'node:fs';
+import type { Readable } from 'node:stream';
+import type { SpawnedProcess } from '@anthropic-ai/claude-agent-sdk';
 import type { SandboxKind } from '../config.js';
-import { createBwrapSandbox } from './bwrap.js';
 
 export class SandboxError extends Error {
   override name = 'SandboxError';
@@ -34,6 +32,8 @@ export interface SandboxSpec {
   egressSocket?: string;
   /** Resource limits (containers: cgroups; bwrap: rlimits where they apply). */
   limits?: SandboxLimits;
+  /** A short name for the run (the group folder), used in container names. */
+  label?: string;
 }
 
 export interface SandboxLimits {
@@ -53,90 +53,54 @@ export function parseSize(size: string): number {
 /** The bridge's port on the sandbox's own loopback. */
 export const EGRESS_BRIDGE_PORT = 3128;
 
-// The bridge is plumbing, not a boundary: it runs as the agent and the proxy decides. noDelay:
-// without it Nagle and delayed ACKs add ~40 ms to every response (research/egress.md).
-export const EGRESS_BRIDGE_JS = `const net = require('net');
-const [port, sock] = process.argv.slice(2);
-net.createServer({ allowHalfOpen: true, noDelay: true }, (c) => {
-  const u = net.connect({ path: sock, allowHalfOpen: true });
-  c.pipe(u); u.pipe(c);
-  c.on('error', () => u.destroy()); u.on('error', () => c.destroy());
-  c.on('close', () => u.destroy()); u.on('close', () => c.destroy());
-}).listen(Number(port), '127.0.0.1');
-`;
+/** Where every runtime puts Claude Code and the entry script inside the sandbox. */
+export const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
+export const GUEST_ENTRY = '/opt/nanoclaw/start';
 
-/** Starts the bridge in the background (its stdin is not the CLI's), then becomes the command. */
-export const ENTRY_SH = `#!/bin/sh
-nice -n 19 /opt/nanoclaw/bin/node /opt/nanoclaw/bridge.cjs "$NANOCLAW_BRIDGE_PORT" "$NANOCLAW_EGRESS_SOCKET" </dev/null >/dev/null 2>&1 &
-exec "$@"
-`;
+// The egress bridge and the entry script that starts it are files in container/, baked into the
+// image and handed to bwrap on fds: one copy of each for every runtime.
+const CONTAINER_DIR = new URL('../../../container/', import.meta.url);
+export const EGRESS_BRIDGE_JS = readFileSync(new URL('bridge.cjs', CONTAINER_DIR), 'utf8');
+export const ENTRY_SH = readFileSync(new URL('start.sh', CONTAINER_DIR), 'utf8');
+
+/** The proxy variables, in both cases: curl ignores an upper-case HTTP_PROXY (httpoxy). */
+export function proxyEnv(url = `http://127.0.0.1:${EGRESS_BRIDGE_PORT}`): Record<string, string> {
+  const noProxy = 'localhost,127.0.0.1,::1';
+  return {
+    HTTP_PROXY: url,
+    HTTPS_PROXY: url,
+    http_proxy: url,
+    https_proxy: url,
+    NO_PROXY: noProxy,
+    no_proxy: noProxy,
+  };
+}
+
+/** The environment a sandbox with an egress socket adds: the bridge's settings and the proxy. */
+export function egressEnv(spec: SandboxSpec): Record<string, string> {
+  if (!spec.egressSocket) return {};
+  return {
+    ...proxyEnv(),
+    NANOCLAW_BRIDGE_PORT: String(EGRESS_BRIDGE_PORT),
+    NANOCLAW_EGRESS_SOCKET: spec.egressSocket,
+  };
+}
+
+/** What a sandbox runs: Claude Code, behind the entry script that starts the bridge. */
+export function guestArgv(spec: SandboxSpec): string[] {
+  return ['/bin/sh', GUEST_ENTRY, GUEST_COMMAND, ...spec.args];
+}
+
+/** A running sandbox: what the SDK drives (a ChildProcess fits), plus its stderr. */
+export type SandboxProcess = SpawnedProcess & { readonly stderr: Readable | null };
 
 export interface Sandbox {
   readonly kind: Exclude<SandboxKind, 'auto'>;
   /** Why this runtime was chosen, for the start-up log. */
   readonly reason?: string;
-  spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams;
-}
-
-/** Finds an executable on a PATH string (argv spawning never goes through a shell). */
-export function which(cmd: string, searchPath: string | undefined): string | undefined {
-  for (const dir of (searchPath ?? '').split(':')) {
-    if (!dir) continue;
-    const file = path.join(dir, cmd);
-    try {
-      accessSync(file, constants.X_OK);
-      return file;
-    } catch {
-      // not in this directory: try the next one
-    }
-  }
-  return undefined;
-}
-
-/** Picks the runtime named by SANDBOX, or with `auto` the fastest one that is ready. */
-export function detectSandbox(
-  wanted: SandboxKind,
-  searchPath: string | undefined,
-  probe: (file: string) => boolean = canRun,
-): Sandbox {
-  if (wanted === 'auto' || wanted === 'bwrap') {
-    const bwrap = which('bwrap', searchPath);
-    if (bwrap && probe(bwrap)) {
-      const prlimit = which('prlimit', searchPath);
-      return {
-        ...createBwrapSandbox(bwrap, process.execPath, prlimit),
-        reason:
-          `${wanted === 'auto' ? 'SANDBOX=auto: the only runtime this version supports' : 'SANDBOX=bwrap'}; ` +
-          `${bwrap} creates namespaces; ${prlimit ? `rlimits via ${prlimit}` : 'no prlimit: no rlimits'}`,
-      };
-    }
-    if (wanted === 'bwrap') {
-      throw new SandboxError(
-        bwrap
-          ? `SANDBOX=bwrap but ${bwrap} cannot create namespaces here: enable unprivileged user namespaces`
-          : 'SANDBOX=bwrap but bubblewrap is not installed: sudo apt-get install -y bubblewrap',
-      );
-    }
-    throw new SandboxError(
-      bwrap
-        ? `no sandbox runtime works: ${bwrap} cannot create namespaces here (enable unprivileged user namespaces)`
-        : 'no sandbox runtime found: install bubblewrap (sudo apt-get install -y bubblewrap), or set SANDBOX',
-    );
-  }
-  throw new SandboxError(`SANDBOX=${wanted} is not available in this version yet: use SANDBOX=bwrap`);
-}
-
-function canRun(file: string): boolean {
-  try {
-    // A real namespace probe, not just `--version`: bwrap can be installed but unusable
-    // (no user namespaces), and we want to fail at start rather than on the first message.
-    execFileSync(file, ['--unshare-all', '--ro-bind', '/', '/', '--die-with-parent', 'true'], {
-      stdio: 'ignore',
-      timeout: 5000,
-      env: {},
-    });
-    return true;
-  } catch {
-    return false; // unusable: the caller says what to do
-  }
+  spawn(spec: SandboxSpec): SandboxProcess;
+  /** Removes what earlier runs of this NanoClaw left behind (containers), at start. */
+  reap?(): void;
+  /** Waits for the clean-up of finished sandboxes (container removal), at stop. */
+  close?(): Promise<void>;
 }

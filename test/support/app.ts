@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { loadConfig, projectRoot } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { type Orchestrator, type OrchestratorDeps, startOrchestrator } from '../../src/orchestrator.js';
+import { runtimeEnv } from '../../src/sandbox/container.js';
 
 /** The "real" model key: it must reach the fake, and never the sandbox. */
 // Made at run time: main's sandbox sees the project's files, so the key must be in none of them.
@@ -64,7 +65,7 @@ export async function startApp(opts: {
   const log = createLogger('debug', (line) => logs.push(line));
   const orch = await startOrchestrator(config, {
     log,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
+    env: { ...runtimeEnv(process.env), PATH: process.env.PATH ?? '/usr/bin:/bin', ...env },
     ...(opts.retryBaseMs !== undefined ? { retryBaseMs: opts.retryBaseMs } : {}),
     ...(opts.discord ? { discord: opts.discord } : {}),
     ...(opts.egress ? { egress: opts.egress } : {}),
