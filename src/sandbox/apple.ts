@@ -68,17 +68,11 @@ function run(spec: SandboxSpec, o: RunOptions): RunCommand {
     const ro = m.readonly ? ',readonly' : '';
     args.push('--mount', `type=bind,source=${checkPath(m.host)},target=${checkPath(m.guest)}${ro}`);
   }
-  const vars: Record<string, string> = { ...spec.env };
+  const vars: Record<string, string> = { ...spec.env, ANTHROPIC_BASE_URL: o.proxyUrl };
   delete vars.ANTHROPIC_UNIX_SOCKET;
   delete vars.NANOCLAW_EGRESS_SOCKET; // start.sh starts no bridge without it
-  const noProxy = 'localhost,127.0.0.1,::1';
-  Object.assign(vars, { ANTHROPIC_BASE_URL: o.proxyUrl, HTTP_PROXY: o.proxyUrl, HTTPS_PROXY: o.proxyUrl });
-  Object.assign(vars, {
-    http_proxy: o.proxyUrl,
-    https_proxy: o.proxyUrl,
-    NO_PROXY: noProxy,
-    no_proxy: noProxy,
-  });
+  for (const k of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) vars[k] = o.proxyUrl;
+  for (const k of ['NO_PROXY', 'no_proxy']) vars[k] = 'localhost,127.0.0.1,::1';
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(vars)) {
     if (!k || k.includes('=') || /[\n\0]/.test(k + v)) {
@@ -101,7 +95,7 @@ function parseJson(stdout: string): Json | undefined {
   try {
     return JSON.parse(stdout) as Json;
   } catch {
-    return undefined; // not JSON: the caller sees "unknown"
+    return undefined; // not JSON (an error message): nothing found
   }
 }
 

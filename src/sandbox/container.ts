@@ -71,6 +71,12 @@ export function dockerRunArgs(
     args.push('--memory', mem, '--memory-swap', mem, '--cpus', String(spec.limits.cpus));
     args.push('--pids-limit', String(spec.limits.pids));
   }
+  // The same file-size and open-file limits as bwrap's (fsize in bytes: 4 GiB). nproc is only a
+  // backstop (--pids-limit is the real cap) but must be given: once one --ulimit is, podman
+  // drops its configured defaults and tries the host's maximum, which a machine without
+  // CAP_SYS_RESOURCE refuses.
+  const fsize = 4 * 1024 ** 3;
+  args.push('--ulimit', `fsize=${fsize}:${fsize}`, '--ulimit', 'nofile=4096:4096', '--ulimit', 'nproc=4096:4096');
   for (const m of spec.mounts) {
     if (m.type === 'tmpfs') args.push('--tmpfs', checkPath(m.guest));
     else if (m.type === 'hide') args.push('-v', `/dev/null:${checkPath(m.guest)}:ro`);

@@ -50,6 +50,8 @@ export interface TestApp {
 
 export async function startApp(opts: {
   baseUrl: string;
+  /** The runtime (default bwrap). */
+  sandbox?: string;
   home?: string;
   env?: Record<string, string>;
   retryBaseMs?: number;
@@ -59,7 +61,12 @@ export async function startApp(opts: {
   mountAllowlistPath?: string;
 }): Promise<TestApp> {
   const home = opts.home ?? tempHome();
-  const env = testEnv(home, opts.baseUrl, opts.env, opts.credential);
+  const env = testEnv(
+    home,
+    opts.baseUrl,
+    { ...(opts.sandbox ? { SANDBOX: opts.sandbox } : {}), ...opts.env },
+    opts.credential,
+  );
   const config = loadConfig(env, { root: projectRoot() });
   const logs: string[] = [];
   const log = createLogger('debug', (line) => logs.push(line));
