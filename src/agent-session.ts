@@ -295,6 +295,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         pids: config.sandboxPids,
       },
       ...(deps.egress ? { egressSocket: `${GUEST.run}/api.sock` } : {}),
+      ...(proxyUrl ? { proxyUrl } : {}),
       env: {
         PATH: '/usr/local/bin:/usr/bin:/bin',
         HOME: GUEST.home,
@@ -331,6 +332,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     `${group.folder}-${process.pid}-${Date.now().toString(36)}`,
   );
   let token = '';
+  let proxyUrl: string | undefined;
 
   async function run(): Promise<AgentOutcome> {
     if (!takeWork()) return { ok: true };
@@ -343,8 +345,10 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       credential: deps.credential,
       onError: (m) => log.warn(`group ${group.folder}: ${m}`),
       ...(deps.egress ? { egress: deps.egress(group) } : {}),
+      ...(deps.sandbox.proxyHost ? { tcpHost: deps.sandbox.proxyHost } : {}),
     });
     token = socket.token;
+    proxyUrl = socket.url;
     log.info(
       `group ${group.folder}: agent starting in ${deps.sandbox.kind}${sessionId ? `, resuming ${sessionId}` : ''}`,
     );

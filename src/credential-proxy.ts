@@ -39,6 +39,8 @@ export function parseAuthority(authority: string): { host: string; port: number 
 
 export interface ModelSocket {
   socketPath: string;
+  /** With `tcpHost`: the proxy's URL (the TCP fallback); the socket path is then unused. */
+  url?: string;
   token: string;
   close(): Promise<void>;
 }
@@ -88,6 +90,9 @@ export async function openModelSocket(opts: {
   onError?: (message: string) => void;
   /** Without it, all egress is refused. */
   egress?: Egress;
+  /** For runtimes that cannot share a Unix socket (Apple's VMs): listen on this host address
+   * instead, on a port of its own; the token stays the gate. */
+  tcpHost?: string;
 }): Promise<ModelSocket> {
   mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
   chmodSync(opts.dir, 0o700);
@@ -234,10 +239,17 @@ export async function openModelSocket(opts: {
   server.on('connect', tunnel);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(socketPath, () => resolve());
+    if (opts.tcpHost) server.listen(0, opts.tcpHost, () => resolve());
+    else server.listen(socketPath, () => resolve());
   });
+  const address = server.address();
   return {
     socketPath,
+    ...(opts.tcpHost && typeof address === 'object' && address
+      ? {
+          url: `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`,
+        }
+      : {}),
     token,
     close: () =>
       new Promise<void>((resolve) => {

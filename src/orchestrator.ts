@@ -98,6 +98,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   sandbox.reap?.();
   if (sandbox.reason?.includes('no rlimits'))
     log.warn('prlimit (util-linux) not found: sandboxes run without rlimits');
+  if (sandbox.reason?.includes('no writable cgroup'))
+    log.warn('no writable cgroup: bwrap sandboxes run without a process or memory cap');
   const db: Db = openDb(path.join(config.storeDir, 'messages.db'));
   db.abandonRuns(now());
   // Socket directories of runs a crash left behind: nothing listens on them any more.

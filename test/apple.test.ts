@@ -2,8 +2,8 @@
 // its arity, so an option Apple's CLI does not have, or a missing value, fails the parse.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { appleDialect, parseImageLabel, parseList, type RunOptions } from '../src/sandbox/apple.js';
-import { type Mount, SandboxError, type SandboxSpec } from '../src/sandbox/index.js';
+import { appleDialect, parseImageLabel, parseList } from '../src/sandbox/apple.js';
+import { type Mount, type RunOptions, SandboxError, type SandboxSpec } from '../src/sandbox/index.js';
 
 const PROXY = 'http://192.168.64.1:41234';
 const opts: RunOptions = {

@@ -146,6 +146,31 @@ async function open(credential: ModelCredential = { type: 'api_key', value: 'REA
 }
 
 describe('forwarding', () => {
+  test('over TCP (the fallback for runtimes that cannot share a socket) the token gates the same way', async () => {
+    const proxy = await openModelSocket({
+      dir: runDir(),
+      upstream: `http://127.0.0.1:${upstream.port}/prefix`,
+      credential: { type: 'api_key', value: 'REAL' },
+      tcpHost: '127.0.0.1',
+    });
+    sockets.push(proxy);
+    const url = new URL(proxy.url ?? 'http://no-url');
+    assert.equal(url.hostname, '127.0.0.1');
+    const post = (key: string) =>
+      fetch(new URL('/v1/messages', url), {
+        method: 'POST',
+        headers: { 'x-api-key': key, 'content-type': 'application/json' },
+        body: '{}',
+      });
+    const refused = await post('nanoclaw-run-0000');
+    assert.equal(refused.status, 401);
+    assert.equal(upstream.seen.length, 0);
+    const ok = await post(proxy.token);
+    assert.equal(ok.status, 201);
+    assert.equal(upstream.seen[0]?.headers['x-api-key'], 'REAL');
+    assert.equal(existsSync(proxy.socketPath), false, 'no Unix socket in TCP mode');
+  });
+
   test('a request with the run token in x-api-key reaches the upstream with the real key instead', async () => {
     const proxy = await open();
     const body = JSON.stringify({ model: 'claude', messages: [{ role: 'user', content: 'hi' }] });

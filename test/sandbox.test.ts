@@ -193,18 +193,80 @@ describe('detectSandbox', () => {
   test('SANDBOX=auto picks bwrap here and says why', () => {
     const auto = detectSandbox('auto', process.env.PATH);
     assert.equal(auto.kind, 'bwrap');
-    assert.match(auto.reason ?? '', /^SANDBOX=auto: .*bwrap creates namespaces; rlimits via .*prlimit$/);
+    assert.match(
+      auto.reason ?? '',
+      /^SANDBOX=auto: .*bwrap creates namespaces; rlimits via .*prlimit; process and memory caps in cgroups under \/sys\/fs\/cgroup\/pids/,
+    );
     assert.equal(detectSandbox('bwrap', process.env.PATH).kind, 'bwrap');
   });
 
-  test('SANDBOX=docker is refused with one line', () => {
-    for (const kind of ['docker', 'podman', 'apple'] as const) {
+  const container = {
+    image: 'nanoclaw-agent:latest',
+    home: '/nonexistent/home',
+    env: {},
+    ownedRoots: [],
+    claudeCodeVersion: '2.1.332',
+  };
+
+  test('an image runtime that is not installed says how to install it, in one line', () => {
+    for (const [kind, hint] of [
+      ['docker', /docker is not installed: install Docker/],
+      ['podman', /podman is not installed: sudo apt-get install -y podman runc/],
+      ['apple', /container is not installed: install Apple container/],
+    ] as const) {
       assert.throws(
-        () => detectSandbox(kind, process.env.PATH),
+        () => detectSandbox(kind, '/nonexistent', { container }),
         (err: unknown) =>
           err instanceof SandboxError &&
-          err.message === `SANDBOX=${kind} is not available in this version yet: use SANDBOX=bwrap`,
+          hint.test(err.message) &&
+          err.message.startsWith(`SANDBOX=${kind} but `),
       );
+    }
+  });
+
+  test('an image runtime without its image, or with another Claude Code, refuses with the fix', () => {
+    const bin = mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-bin-'));
+    try {
+      writeFileSync(path.join(bin, 'podman'), '#!/bin/sh\necho 2.0.1\n', { mode: 0o755 });
+      assert.throws(
+        () => detectSandbox('podman', bin, { container }),
+        (err: unknown) =>
+          err instanceof SandboxError &&
+          err.message ===
+            'SANDBOX=podman but image nanoclaw-agent:latest has Claude Code 2.0.1 but the SDK needs 2.1.332: rebuild it with container/build.sh',
+      );
+      writeFileSync(path.join(bin, 'podman'), '#!/bin/sh\necho "Error: image not known" >&2; exit 125\n', {
+        mode: 0o755,
+      });
+      assert.throws(
+        () => detectSandbox('podman', bin, { container }),
+        (err: unknown) =>
+          err instanceof SandboxError &&
+          /^SANDBOX=podman but image nanoclaw-agent:latest is not available \(Error: image not known\): build it with container\/build\.sh$/.test(
+            err.message,
+          ),
+      );
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
+    }
+  });
+
+  test('SANDBOX=auto takes the next ready runtime and says why the faster ones were passed over', () => {
+    const bin = mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-bin-'));
+    try {
+      writeFileSync(path.join(bin, 'podman'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+      const auto = detectSandbox('auto', `${bin}:${process.env.PATH}`, {
+        probe: () => false,
+        container,
+        imageCheck: (kind) => (kind === 'podman' ? undefined : 'not here'),
+      });
+      assert.equal(auto.kind, 'podman');
+      assert.match(
+        auto.reason ?? '',
+        /^SANDBOX=auto: not bwrap \(.*cannot create namespaces.*\); podman: .*podman runs image nanoclaw-agent:latest/,
+      );
+    } finally {
+      rmSync(bin, { recursive: true, force: true });
     }
   });
 

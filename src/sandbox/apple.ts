@@ -6,26 +6,17 @@
 // --security-opt no-new-privileges, --hostname, --memory-swap, --pids-limit (an nproc rlimit
 // instead), `wait`, a label filter on `list`, and --network none (the proxy is reached over TCP).
 import path from 'node:path';
-import { SandboxError, type SandboxSpec } from './index.js';
+import {
+  envArgs,
+  guestArgv,
+  INSTANCE_LABEL,
+  proxyEnv,
+  type RunCommand,
+  type RunOptions,
+  SandboxError,
+  type SandboxSpec,
+} from './index.js';
 
-export interface RunOptions {
-  image: string;
-  name: string;
-  instance: string;
-  user: { uid: number; gid: number };
-  /** Apple only: the host proxy's TCP URL reachable from the VM, e.g. 'http://192.168.64.1:41234'. */
-  proxyUrl?: string;
-}
-
-/** `args` follow the binary name; `env` holds values the CLI passes in by NAME (secrets). */
-export interface RunCommand {
-  args: string[];
-  env: Record<string, string>;
-}
-
-const INSTANCE_LABEL = 'org.nanoclaw.instance';
-const GUEST_ARGV = ['/bin/sh', '/opt/nanoclaw/start', '/opt/nanoclaw/bin/claude'];
-const SECRET_NAME = /KEY|TOKEN|SECRET|PASSWORD/i;
 const MIB = 1024 * 1024;
 
 /** `--mount` splits on `,` and each `key=value` on `=` (a `=` in a path silently truncates it). */
@@ -71,20 +62,9 @@ function run(spec: SandboxSpec, o: RunOptions): RunCommand {
   const vars: Record<string, string> = { ...spec.env, ANTHROPIC_BASE_URL: o.proxyUrl };
   delete vars.ANTHROPIC_UNIX_SOCKET;
   delete vars.NANOCLAW_EGRESS_SOCKET; // start.sh starts no bridge without it
-  for (const k of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) vars[k] = o.proxyUrl;
-  for (const k of ['NO_PROXY', 'no_proxy']) vars[k] = 'localhost,127.0.0.1,::1';
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(vars)) {
-    if (!k || k.includes('=') || /[\n\0]/.test(k + v)) {
-      throw new SandboxError(`sandbox variable ${JSON.stringify(k)} has a bad name or a control character`);
-    }
-    if (SECRET_NAME.test(k)) {
-      args.push('-e', k); // the CLI reads the value from its own environment
-      env[k] = v;
-    } else args.push('-e', `${k}=${v}`);
-  }
-  args.push(o.image, ...GUEST_ARGV, ...spec.args);
-  return { args, env };
+  const e = envArgs({ ...vars, ...proxyEnv(o.proxyUrl) });
+  args.push(...e.args, o.image, ...guestArgv(spec));
+  return { args, env: e.env };
 }
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
@@ -135,4 +115,7 @@ export const appleDialect = {
   imageLabel: (image: string, _label: string): string[] => ['image', 'inspect', image],
   parseImageLabel,
   parseList,
+  // The host's address on Apple's default vmnet network (192.168.64.0/24): the proxy listens
+  // there, since a VM cannot reach a Unix socket on the host.
+  proxyHost: '192.168.64.1',
 };

@@ -3,6 +3,7 @@
 // are generated and passed as data on fds 4 and 5. `--clearenv` drops every inherited variable.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { type Controller, enterArgs, makeCgroup } from './cgroup.js';
 import {
   EGRESS_BRIDGE_JS,
   ENTRY_SH,
@@ -100,6 +101,7 @@ export function createBwrapSandbox(
   bwrap: string,
   hostNode: string,
   prlimit?: string,
+  cgroups: readonly Controller[] = [],
 ): Omit<Sandbox, 'spawn'> & { spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams } {
   return {
     kind: 'bwrap',
@@ -110,7 +112,9 @@ export function createBwrapSandbox(
         '3',
         ...(spec.egressSocket ? guestArgv(spec) : [GUEST_COMMAND, ...spec.args]),
       ];
-      const limited = prlimit && spec.limits ? [prlimit, ...rlimitArgs(spec.limits), '--', ...argv] : argv;
+      const rlimited = prlimit && spec.limits ? [prlimit, ...rlimitArgs(spec.limits), '--', ...argv] : argv;
+      const cg = spec.limits && cgroups.length > 0 ? makeCgroup(cgroups, spec.limits) : undefined;
+      const limited = cg ? [...enterArgs(cg.procs), ...rlimited] : rlimited;
       const child = spawn(limited[0] as string, limited.slice(1), {
         stdio: ['pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
         env: {},
@@ -140,6 +144,8 @@ export function createBwrapSandbox(
       fd7.end(spec.egressSocket ? ENTRY_SH : '');
       fd4.end(`agent:x:${SANDBOX_UID}:${SANDBOX_UID}:agent:/home/agent:/bin/bash\n`);
       fd5.end('127.0.0.1 localhost nanoclaw\n::1 localhost\n');
+      // The pid namespace's processes die with its first one, a moment after the exit.
+      if (cg) child.once('exit', () => setTimeout(() => cg.remove(), 500).unref());
       return child as ChildProcessWithoutNullStreams;
     },
   };

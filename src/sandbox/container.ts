@@ -13,40 +13,36 @@ import { fileURLToPath } from 'node:url';
 import { appleDialect } from './apple.js';
 import {
   egressEnv,
+  envArgs,
   guestArgv,
+  INSTANCE_LABEL,
+  type RunCommand,
+  type RunOptions,
   type Sandbox,
   SandboxError,
   type SandboxProcess,
   type SandboxSpec,
+  VERSION_LABEL,
 } from './index.js';
 
-export const VERSION_LABEL = 'org.nanoclaw.claude-code-version';
-export const INSTANCE_LABEL = 'org.nanoclaw.instance';
 /** The image's own non-root user (container/Dockerfile). */
 export const IMAGE_UID = 1000;
-
-export interface RunOptions {
-  image: string;
-  name: string;
-  instance: string;
-  user: { uid: number; gid: number };
-  /** Apple only: the host proxy's TCP URL, reachable from the VM. */
-  proxyUrl?: string;
-}
+export { INSTANCE_LABEL, VERSION_LABEL };
 
 /** A runtime's CLI commands; `env` holds values the CLI passes in by name (secrets stay out of argv). */
 export interface Dialect {
   kind: 'docker' | 'podman' | 'apple';
-  run(spec: SandboxSpec, o: RunOptions): { args: string[]; env: Record<string, string> };
+  run(spec: SandboxSpec, o: RunOptions): RunCommand;
   remove(name: string): string[];
   wait(name: string): string[] | undefined;
   list(instance: string): string[];
   imageLabel(image: string, label: string): string[];
   parseImageLabel?(stdout: string, label: string): string | undefined;
+  /** When `list` cannot filter by label: picks this instance's containers from its output. */
+  parseList?(stdout: string, instance: string): string[];
+  /** See Sandbox.proxyHost. */
+  proxyHost?: string;
 }
-
-/** Names whose values must not appear in argv (`ps` on the host shows it). */
-export const SECRET_NAME = /KEY|TOKEN|SECRET|PASSWORD/i;
 
 /** A path that `-v host:guest:mode` would misread. */
 function checkPath(p: string): string {
@@ -56,10 +52,7 @@ function checkPath(p: string): string {
 }
 
 /** `docker run` / `podman run` arguments for a spec. */
-export function dockerRunArgs(
-  spec: SandboxSpec,
-  o: RunOptions,
-): { args: string[]; env: Record<string, string> } {
+export function dockerRunArgs(spec: SandboxSpec, o: RunOptions): RunCommand {
   const args = ['run', '-i', '--name', o.name, '--label', `${INSTANCE_LABEL}=${o.instance}`];
   // stdout is the conversation: the runtime must not keep a second copy in its logs.
   args.push('--log-driver', 'none', '--network', 'none', '--read-only');
@@ -76,22 +69,22 @@ export function dockerRunArgs(
   // drops its configured defaults and tries the host's maximum, which a machine without
   // CAP_SYS_RESOURCE refuses.
   const fsize = 4 * 1024 ** 3;
-  args.push('--ulimit', `fsize=${fsize}:${fsize}`, '--ulimit', 'nofile=4096:4096', '--ulimit', 'nproc=4096:4096');
+  args.push(
+    '--ulimit',
+    `fsize=${fsize}:${fsize}`,
+    '--ulimit',
+    'nofile=4096:4096',
+    '--ulimit',
+    'nproc=4096:4096',
+  );
   for (const m of spec.mounts) {
     if (m.type === 'tmpfs') args.push('--tmpfs', checkPath(m.guest));
     else if (m.type === 'hide') args.push('-v', `/dev/null:${checkPath(m.guest)}:ro`);
     else args.push('-v', `${checkPath(m.host)}:${checkPath(m.guest)}:${m.readonly ? 'ro' : 'rw'}`);
   }
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries({ ...spec.env, ...egressEnv(spec) })) {
-    if (/[\n\0]/.test(k + v)) throw new SandboxError(`sandbox variable ${k} contains a control character`);
-    if (SECRET_NAME.test(k)) {
-      args.push('-e', k);
-      env[k] = v;
-    } else args.push('-e', `${k}=${v}`);
-  }
-  args.push(o.image, ...guestArgv(spec));
-  return { args, env };
+  const e = envArgs({ ...spec.env, ...egressEnv(spec) });
+  args.push(...e.args, o.image, ...guestArgv(spec));
+  return { args, env: e.env };
 }
 
 function dockerLike(kind: 'docker' | 'podman'): Dialect {
@@ -233,15 +226,19 @@ export function createContainerSandbox(dialect: Dialect, bin: string, s: Contain
 
   return {
     kind: dialect.kind,
+    ...(dialect.proxyHost ? { proxyHost: dialect.proxyHost } : {}),
     reap(): void {
-      const names = execFileSync(bin, dialect.list(instance), {
+      const out = execFileSync(bin, dialect.list(instance), {
         encoding: 'utf8',
         env: cliEnv,
         timeout: 30_000,
-      })
-        .split('\n')
-        .map((n) => n.trim())
-        .filter(Boolean);
+      });
+      const names = dialect.parseList
+        ? dialect.parseList(out, instance)
+        : out
+            .split('\n')
+            .map((n) => n.trim())
+            .filter(Boolean);
       for (const name of names)
         execFileSync(bin, dialect.remove(name), { stdio: 'ignore', env: cliEnv, timeout: 30_000 });
     },
@@ -257,7 +254,13 @@ export function createContainerSandbox(dialect: Dialect, bin: string, s: Contain
       }
       const folder = (spec.label ?? 'agent').replace(/[^a-z0-9-]/gi, '').slice(0, 40) || 'agent';
       const name = `nanoclaw-${instance}-${folder}-${randomBytes(3).toString('hex')}`;
-      const run = dialect.run(spec, { image: s.image, name, instance, user });
+      const run = dialect.run(spec, {
+        image: s.image,
+        name,
+        instance,
+        user,
+        ...(spec.proxyUrl ? { proxyUrl: spec.proxyUrl } : {}),
+      });
       const child = spawn(bin, run.args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...cliEnv, ...run.env } });
       return new ContainerProcess(child, name, dialect, cli);
     },

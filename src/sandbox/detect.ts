@@ -7,6 +7,7 @@ import { accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import type { Config, SandboxKind } from '../config.js';
 import { createBwrapSandbox } from './bwrap.js';
+import { type Controller, findControllers } from './cgroup.js';
 import {
   type ContainerSettings,
   createContainerSandbox,
@@ -37,6 +38,8 @@ export interface DetectOptions {
   probe?: (bwrap: string) => boolean;
   /** Settings of the image runtimes; without them only bwrap is considered. */
   container?: ContainerSettings;
+  /** Where bwrap sandboxes get their cgroups (default: found from /proc/self/cgroup). */
+  cgroups?: () => Controller[];
   /** One line saying why a runtime's image cannot run agents (default: inspect its label). */
   imageCheck?: (kind: 'docker' | 'podman' | 'apple', bin: string) => string | undefined;
 }
@@ -83,9 +86,14 @@ function tryRuntime(
       return `${bwrap} cannot create namespaces here: enable unprivileged user namespaces`;
     }
     const prlimit = which('prlimit', searchPath);
+    const cgroups = (opts.cgroups ?? findControllers)();
     return {
-      sandbox: createBwrapSandbox(bwrap, process.execPath, prlimit),
-      reason: `bwrap: ${bwrap} creates namespaces; ${prlimit ? `rlimits via ${prlimit}` : 'no prlimit: no rlimits'}`,
+      sandbox: createBwrapSandbox(bwrap, process.execPath, prlimit, cgroups),
+      reason:
+        `bwrap: ${bwrap} creates namespaces; ${prlimit ? `rlimits via ${prlimit}` : 'no prlimit: no rlimits'}; ` +
+        (cgroups.length > 0
+          ? `process and memory caps in cgroups under ${cgroups.map((c) => c.base).join(', ')}`
+          : 'no writable cgroup: no process or memory cap'),
     };
   }
   const bin = which(BINARY[kind], searchPath);

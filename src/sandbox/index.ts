@@ -34,6 +34,8 @@ export interface SandboxSpec {
   limits?: SandboxLimits;
   /** A short name for the run (the group folder), used in container names. */
   label?: string;
+  /** The proxy over TCP, for runtimes that cannot share its Unix socket (Sandbox.proxyHost). */
+  proxyUrl?: string;
 }
 
 export interface SandboxLimits {
@@ -91,6 +93,45 @@ export function guestArgv(spec: SandboxSpec): string[] {
   return ['/bin/sh', GUEST_ENTRY, GUEST_COMMAND, ...spec.args];
 }
 
+/** Labels on images and containers. */
+export const VERSION_LABEL = 'org.nanoclaw.claude-code-version';
+export const INSTANCE_LABEL = 'org.nanoclaw.instance';
+
+/** What an image runtime's `run` needs besides the spec. */
+export interface RunOptions {
+  image: string;
+  name: string;
+  instance: string;
+  user: { uid: number; gid: number };
+  /** The host proxy's TCP URL, for runtimes that cannot share its socket (Apple). */
+  proxyUrl?: string;
+}
+
+/** `args` follow the runtime's binary; `env` holds the values the CLI passes in by name. */
+export interface RunCommand {
+  args: string[];
+  env: Record<string, string>;
+}
+
+/** Names whose values must not appear in argv (`ps` on the host shows it). */
+export const SECRET_NAME = /KEY|TOKEN|SECRET|PASSWORD/i;
+
+/** `-e` arguments for a container's environment: secrets by name only, their values in `env`. */
+export function envArgs(vars: Readonly<Record<string, string>>): RunCommand {
+  const args: string[] = [];
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(vars)) {
+    if (!k || k.includes('=') || /[\n\0]/.test(k + v)) {
+      throw new SandboxError(`sandbox variable ${JSON.stringify(k)} has a bad name or a control character`);
+    }
+    if (SECRET_NAME.test(k)) {
+      args.push('-e', k);
+      env[k] = v;
+    } else args.push('-e', `${k}=${v}`);
+  }
+  return { args, env };
+}
+
 /** A running sandbox: what the SDK drives (a ChildProcess fits), plus its stderr. */
 export type SandboxProcess = SpawnedProcess & { readonly stderr: Readable | null };
 
@@ -98,6 +139,9 @@ export interface Sandbox {
   readonly kind: Exclude<SandboxKind, 'auto'>;
   /** Why this runtime was chosen, for the start-up log. */
   readonly reason?: string;
+  /** Set when the runtime cannot share a Unix socket (Apple's VMs): the host address the proxy
+   * listens on instead, reachable from the sandbox. */
+  readonly proxyHost?: string;
   spawn(spec: SandboxSpec): SandboxProcess;
   /** Removes what earlier runs of this NanoClaw left behind (containers), at start. */
   reap?(): void;

@@ -1,0 +1,131 @@
+// Process and memory caps for bwrap, which has no cgroups of its own: a cgroup per sandbox, made
+// under the orchestrator's own cgroup where it may write there (root; cgroup v1 or v2). The
+// sandbox enters it before anything of the agent runs (`echo 0 > cgroup.procs`, then exec), and
+// it is removed after the sandbox exits. Without a writable cgroup there are only rlimits.
+import { randomBytes } from 'node:crypto';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  rmdirSync,
+  writeFileSync,
+} from 'node:fs';
+import path from 'node:path';
+import type { SandboxLimits } from './index.js';
+
+const ROOT = '/sys/fs/cgroup';
+
+export interface Controller {
+  /** The cgroup directory our new ones are made in. */
+  base: string;
+  /** Limit file → value. */
+  limits: (l: SandboxLimits) => Record<string, string>;
+}
+
+/** Where this process may make cgroups with a pids and a memory limit; empty when it may not. */
+export function findControllers(
+  procSelfCgroup = '/proc/self/cgroup',
+  root = ROOT,
+  writable: (dir: string) => boolean = canWrite,
+): Controller[] {
+  let lines: string[];
+  try {
+    lines = readFileSync(procSelfCgroup, 'utf8').split('\n');
+  } catch {
+    return [];
+  }
+  const own = (name: string) => {
+    for (const l of lines) {
+      const [, ctrls, p] = l.split(':');
+      if (ctrls !== undefined && p !== undefined && ctrls.split(',').includes(name)) return p;
+    }
+    return undefined;
+  };
+  // cgroup v1 (separate pids and memory hierarchies) first; then a unified v2 hierarchy.
+  const pids = own('pids');
+  const memory = own('memory');
+  if (pids !== undefined && memory !== undefined && existsSync(path.join(root, 'pids'))) {
+    const found: Controller[] = [
+      { base: path.join(root, 'pids', pids), limits: (l) => ({ 'pids.max': String(l.pids) }) },
+      {
+        base: path.join(root, 'memory', memory),
+        limits: (l) => ({ 'memory.limit_in_bytes': String(l.memoryBytes) }),
+      },
+    ];
+    return found.every((c) => writable(c.base)) ? found : [];
+  }
+  const unified = lines.find((l) => l.startsWith('0::'))?.slice(3);
+  if (unified === undefined || !existsSync(path.join(root, 'cgroup.controllers'))) return [];
+  const base = path.join(root, unified);
+  let enabled: string[] = [];
+  try {
+    enabled = readFileSync(path.join(base, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/);
+  } catch {
+    return [];
+  }
+  if (!enabled.includes('pids') || !enabled.includes('memory') || !writable(base)) return [];
+  return [
+    {
+      base,
+      limits: (l) => ({
+        'pids.max': String(l.pids),
+        'memory.max': String(l.memoryBytes),
+        'memory.swap.max': '0',
+      }),
+    },
+  ];
+}
+
+function canWrite(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export interface SandboxCgroup {
+  /** The files the sandbox writes `0` into to enter its cgroups. */
+  procs: string[];
+  remove(): void;
+}
+
+/** Makes the cgroups for one sandbox with its limits set. */
+export function makeCgroup(controllers: readonly Controller[], limits: SandboxLimits): SandboxCgroup {
+  const name = `nanoclaw-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const dirs = controllers.map((c) => {
+    const dir = path.join(c.base, name);
+    mkdirSync(dir);
+    for (const [file, value] of Object.entries(c.limits(limits))) {
+      if (existsSync(path.join(dir, file))) writeFileSync(path.join(dir, file), value);
+    }
+    return dir;
+  });
+  return {
+    procs: dirs.map((d) => path.join(d, 'cgroup.procs')),
+    remove(): void {
+      for (const d of dirs) {
+        try {
+          rmdirSync(d);
+        } catch {
+          // still busy (a last process exiting): an empty cgroup left behind costs nothing
+        }
+      }
+    },
+  };
+}
+
+/** argv prefix that moves the sandbox into its cgroups, then execs the rest. */
+export function enterArgs(procs: readonly string[]): string[] {
+  return [
+    '/bin/sh',
+    '-c',
+    'while [ "$1" != -- ]; do echo 0 > "$1" || exit 125; shift; done; shift; exec "$@"',
+    'nanoclaw-enter',
+    ...procs,
+    '--',
+  ];
+}
