@@ -14,15 +14,17 @@ import {
 import { runtimesUnderTest } from './support/runtimes.js';
 
 let fake: FakeAnthropic;
-before(async () => {
-  fake = await startFakeAnthropic();
-});
-after(async () => {
-  await fake.close();
-});
 
 for (const sandbox of runtimesUnderTest()) {
   describe(`on ${sandbox}`, () => {
+    // A fake per runtime: scripts and their request logs start empty for each.
+    before(async () => {
+      fake = await startFakeAnthropic();
+    });
+    after(async () => {
+      await fake.close();
+    });
+
     test('a web message reaches a sandboxed agent that runs Bash, and its answer arrives exactly once', async () => {
       const script = fake.script('default', [
         {

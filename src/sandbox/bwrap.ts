@@ -3,7 +3,7 @@
 // are generated and passed as data on fds 4 and 5. `--clearenv` drops every inherited variable.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { type Controller, enterArgs, makeCgroup } from './cgroup.js';
+import { type Controller, enterArgs, makeCgroup, reapCgroups } from './cgroup.js';
 import {
   EGRESS_BRIDGE_JS,
   ENTRY_SH,
@@ -105,6 +105,7 @@ export function createBwrapSandbox(
 ): Omit<Sandbox, 'spawn'> & { spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams } {
   return {
     kind: 'bwrap',
+    reap: () => reapCgroups(cgroups),
     spawn(spec: SandboxSpec): ChildProcessWithoutNullStreams {
       const argv = [
         bwrap,
@@ -145,7 +146,15 @@ export function createBwrapSandbox(
       fd4.end(`agent:x:${SANDBOX_UID}:${SANDBOX_UID}:agent:/home/agent:/bin/bash\n`);
       fd5.end('127.0.0.1 localhost nanoclaw\n::1 localhost\n');
       // The pid namespace's processes die with its first one, a moment after the exit.
-      if (cg) child.once('exit', () => setTimeout(() => cg.remove(), 500).unref());
+      if (cg) {
+        child.once('exit', () => {
+          let tries = 0;
+          const attempt = () => {
+            if (!cg.remove() && ++tries < 10) setTimeout(attempt, 200).unref();
+          };
+          attempt();
+        });
+      }
       return child as ChildProcessWithoutNullStreams;
     },
   };

@@ -8,6 +8,7 @@ import {
   constants,
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   rmdirSync,
   writeFileSync,
@@ -38,8 +39,9 @@ export function findControllers(
   }
   const own = (name: string) => {
     for (const l of lines) {
-      const [, ctrls, p] = l.split(':');
-      if (ctrls !== undefined && p !== undefined && ctrls.split(',').includes(name)) return p;
+      // id:controllers:path — the path may itself hold colons (systemd unit names).
+      const m = /^[^:]*:([^:]*):(.*)$/.exec(l);
+      if (m?.[1] !== undefined && m[2] !== undefined && m[1].split(',').includes(name)) return m[2];
     }
     return undefined;
   };
@@ -51,7 +53,12 @@ export function findControllers(
       { base: path.join(root, 'pids', pids), limits: (l) => ({ 'pids.max': String(l.pids) }) },
       {
         base: path.join(root, 'memory', memory),
-        limits: (l) => ({ 'memory.limit_in_bytes': String(l.memoryBytes) }),
+        // memsw (memory + swap, when the kernel accounts swap) may not go below the memory limit,
+        // so it is written second.
+        limits: (l) => ({
+          'memory.limit_in_bytes': String(l.memoryBytes),
+          'memory.memsw.limit_in_bytes': String(l.memoryBytes),
+        }),
       },
     ];
     return found.every((c) => writable(c.base)) ? found : [];
@@ -90,32 +97,64 @@ function canWrite(dir: string): boolean {
 export interface SandboxCgroup {
   /** The files the sandbox writes `0` into to enter its cgroups. */
   procs: string[];
-  remove(): void;
+  /** Removes the cgroups; false while one still holds a (dying) process. */
+  remove(): boolean;
 }
 
 /** Makes the cgroups for one sandbox with its limits set. */
 export function makeCgroup(controllers: readonly Controller[], limits: SandboxLimits): SandboxCgroup {
   const name = `nanoclaw-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const dirs = controllers.map((c) => {
-    const dir = path.join(c.base, name);
-    mkdirSync(dir);
-    for (const [file, value] of Object.entries(c.limits(limits))) {
-      if (existsSync(path.join(dir, file))) writeFileSync(path.join(dir, file), value);
+  const dirs: string[] = [];
+  /** True when every directory is gone. */
+  const removeAll = (): boolean =>
+    dirs.every((d) => {
+      try {
+        rmdirSync(d);
+        return true;
+      } catch (e) {
+        return (e as NodeJS.ErrnoException).code === 'ENOENT'; // EBUSY: its last process is exiting
+      }
+    });
+  try {
+    for (const c of controllers) {
+      const dir = path.join(c.base, name);
+      mkdirSync(dir);
+      dirs.push(dir);
+      for (const [file, value] of Object.entries(c.limits(limits))) {
+        if (existsSync(path.join(dir, file))) writeFileSync(path.join(dir, file), value);
+      }
     }
-    return dir;
-  });
+  } catch (e) {
+    removeAll();
+    throw e;
+  }
   return {
     procs: dirs.map((d) => path.join(d, 'cgroup.procs')),
-    remove(): void {
-      for (const d of dirs) {
-        try {
-          rmdirSync(d);
-        } catch {
-          // still busy (a last process exiting): an empty cgroup left behind costs nothing
-        }
-      }
-    },
+    remove: removeAll,
   };
+}
+
+/** Removes the cgroups that orchestrators no longer running left behind (they died first). A
+ * live orchestrator's are kept, even empty: a sandbox may be about to enter one. */
+export function reapCgroups(controllers: readonly Controller[]): void {
+  for (const c of controllers) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(c.base).filter((n) => {
+        const pid = Number(/^nanoclaw-(\d+)-/.exec(n)?.[1]);
+        return Number.isInteger(pid) && pid > 0 && !alive(pid);
+      });
+    } catch {
+      continue;
+    }
+    for (const n of names) {
+      try {
+        rmdirSync(path.join(c.base, n));
+      } catch {
+        // busy: in use
+      }
+    }
+  }
 }
 
 /** argv prefix that moves the sandbox into its cgroups, then execs the rest. */
@@ -128,4 +167,13 @@ export function enterArgs(procs: readonly string[]): string[] {
     ...procs,
     '--',
   ];
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

@@ -170,9 +170,8 @@ export function imageProblem(
       stdio: ['ignore', 'pipe', 'pipe'],
     });
   } catch (e) {
-    const why = String((e as { stderr?: string }).stderr ?? (e as Error).message)
-      .trim()
-      .split('\n')[0];
+    const stderr = String((e as { stderr?: string }).stderr ?? '').trim();
+    const why = (stderr || (e as Error).message).split('\n')[0];
     return `image ${s.image} is not available (${why}): build it with container/build.sh`;
   }
   const found = dialect.parseImageLabel ? dialect.parseImageLabel(out, VERSION_LABEL) : out.trim();
@@ -186,6 +185,9 @@ export function imageProblem(
 }
 
 /** Hands a tree to `uid` without following symlinks (an agent may have planted some). */
+// Only NanoClaw's own directories are handed over, at a sandbox's start, and no other sandbox can
+// write in them then (one agent per group; main's project view is read-only), so nothing can swap
+// a directory for a symlink between the lstat and the readdir.
 export function handOver(root: string, uid: number, gid: number): void {
   const st = lstatSync(root, { throwIfNoEntry: false });
   if (!st) return;
