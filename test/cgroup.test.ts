@@ -18,7 +18,13 @@ import {
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { type Controller, enterArgs, findControllers, makeCgroup } from '../src/sandbox/cgroup.js';
+import {
+  type Controller,
+  enterArgs,
+  findControllers,
+  makeCgroup,
+  reapCgroups,
+} from '../src/sandbox/cgroup.js';
 import type { SandboxLimits } from '../src/sandbox/index.js';
 
 const dirs: string[] = [];
@@ -267,6 +273,18 @@ describe('makeCgroup', () => {
     a.remove();
     b.remove();
     assert.deepEqual(readdirSync(base), []);
+  });
+});
+
+describe('reapCgroups', () => {
+  test("removes what dead orchestrators left, keeps a live one's (a sandbox may be about to enter)", () => {
+    const base = tempDir();
+    const dead = spawnSync('/bin/true').pid;
+    for (const n of [`nanoclaw-${dead}-aaaaaaaa`, `nanoclaw-${process.pid}-bbbbbbbb`, 'other-cgroup']) {
+      mkdirSync(path.join(base, n));
+    }
+    reapCgroups([{ base, limits: () => ({}) }]);
+    assert.deepEqual(readdirSync(base).sort(), [`nanoclaw-${process.pid}-bbbbbbbb`, 'other-cgroup']);
   });
 });
 
