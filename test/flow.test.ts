@@ -15,7 +15,7 @@ import { runtimesUnderTest } from './support/runtimes.js';
 
 let fake: FakeAnthropic;
 
-for (const sandbox of runtimesUnderTest()) {
+for (const sandbox of runtimesUnderTest({ docker: true })) {
   describe(`on ${sandbox}`, () => {
     // A fake per runtime: scripts and their request logs start empty for each.
     before(async () => {
