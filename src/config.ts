@@ -178,6 +178,10 @@ const schema = z.object({
     .default('info'),
   CLAUDE_CODE_MAX_RETRIES: int('CLAUDE_CODE_MAX_RETRIES', 0, 100).optional(),
   API_TIMEOUT_MS: int('API_TIMEOUT_MS', 1000, 2 ** 31 - 1).optional(),
+  SANDBOX_CA_CERTS: z
+    .string()
+    .regex(/^\/[^\0\n]*$/, 'SANDBOX_CA_CERTS must be an absolute path inside the sandbox')
+    .optional(),
 });
 
 const SECRETS = ['ANTHROPIC_API_KEY', 'CLAUDE_CODE_OAUTH_TOKEN', 'DISCORD_BOT_TOKEN', 'WEB_TOKEN'] as const;
@@ -277,6 +281,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
         ? { CLAUDE_CODE_MAX_RETRIES: String(v.CLAUDE_CODE_MAX_RETRIES) }
         : {}),
       ...(v.API_TIMEOUT_MS !== undefined ? { API_TIMEOUT_MS: String(v.API_TIMEOUT_MS) } : {}),
+      ...(v.SANDBOX_CA_CERTS !== undefined ? { NODE_EXTRA_CA_CERTS: v.SANDBOX_CA_CERTS } : {}),
     }),
   });
 }
