@@ -66,7 +66,7 @@ async function measure(fake: FakeAnthropic, sandbox: string) {
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['bwrap', 'podman', 'docker'];
-  const fake = await startFakeAnthropic();
+  const fake = await startFakeAnthropic({ maxRequestsPerScript: 10_000 });
   const figures: Record<string, { coldP50: number; coldP90: number; warmP50: number }> = {};
   try {
     for (const sandbox of wanted) {
