@@ -12,6 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import type { SDKMessage, SDKUserMessage, SpawnOptions } from '@anthropic-ai/claude-agent-sdk';
+import { nanoclawServer, type ToolContext } from './agent-tools.js';
 import type { Config } from './config.js';
 import { type Egress, type ModelCredential, openModelSocket } from './credential-proxy.js';
 import type { Db, Group } from './db.js';
@@ -39,6 +40,15 @@ export interface SessionDeps {
   egress?: (group: Group) => Egress;
   setTimer: (fn: () => void, ms: number) => unknown;
   clearTimer: (t: unknown) => void;
+  /** The context of the session's `nanoclaw` tools (none: no tools). */
+  tools?: (group: Group) => ToolContext;
+  /** A turn ended: the messages up to `upTo` are answered (or, with `error`, failed). */
+  turnDone?: (t: { groupJid: string; upTo?: number; text: string; error?: string }) => void;
+}
+
+/** A one-shot run (a task in an isolated context): one prompt, a fresh session never stored. */
+export interface OneShot {
+  prompt: string;
 }
 
 /** An AsyncIterable the SDK reads prompts from; `end()` closes the session's input. */
@@ -92,7 +102,12 @@ export function systemPromptFor(config: Config, group: Group): string {
   ].join('\n');
 }
 
-export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: AgentHooks): LiveAgent {
+export function startAgentSession(
+  deps: SessionDeps,
+  groupJid: string,
+  hooks: AgentHooks,
+  oneShot?: OneShot,
+): LiveAgent {
   const { config, db, log } = deps;
   const initial = db.group(groupJid);
   if (!initial) return { wake: () => false, close() {}, kill() {}, done: Promise.resolve({ ok: true }) };
@@ -101,7 +116,9 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
   const abort = new AbortController();
   let delivered = group.cursor;
   /** Prompts handed over and not yet consumed by a finished turn, oldest first. */
-  const batches: { uuid: string; maxId: number; replyTo?: string; threadId?: string }[] = [];
+  const batches: { uuid: string; maxId?: number; replyTo?: string; threadId?: string }[] = [];
+  let turnText = '';
+  let shotTaken = false;
   let busy = false;
   let closing = false;
   let killed = false;
@@ -109,7 +126,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
   let failure: string | undefined;
   let turnAnswered = false;
   let runId: number | undefined;
-  const stored = db.session(group.folder);
+  const stored = oneShot ? undefined : db.session(group.folder);
   let sessionId = stored?.id;
   // Results report a running total that a resumed session continues from its transcript.
   let lastTotalCost = stored?.totalCostUsd ?? 0;
@@ -120,6 +137,14 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
 
   /** Formats and hands over what arrived since `delivered`, if it should wake the agent. */
   function takeWork(): boolean {
+    if (oneShot) {
+      if (shotTaken) return false;
+      shotTaken = true;
+      const uuid = randomUUID();
+      batches.push({ uuid });
+      inbox.push(oneShot.prompt, uuid);
+      return true;
+    }
     const current = db.group(groupJid);
     if (!current) return false;
     const pending = db.messagesAfter(groupJid, delivered).filter((m) => !m.fromMe);
@@ -200,7 +225,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       if (msg.session_id && msg.session_id !== sessionId) {
         sessionId = msg.session_id;
         lastTotalCost = 0;
-        db.setSession(group.folder, sessionId, deps.now());
+        if (!oneShot) db.setSession(group.folder, sessionId, deps.now());
       }
       return;
     }
@@ -218,13 +243,14 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         db.enqueueReply({
           chatJid: groupJid,
           text,
-          cursor: batch?.maxId,
+          ...(batch?.maxId !== undefined ? { cursor: batch.maxId } : {}),
           // Only the turn's first reply references the message it answers.
           ...(batch?.replyTo && !turnAnswered ? { replyTo: batch.replyTo } : {}),
           ...(batch?.threadId ? { threadId: batch.threadId } : {}),
           now: deps.now(),
         });
         turnAnswered = true;
+        turnText += (turnText ? '\n' : '') + text;
         deps.replied(groupJid);
       }
       return;
@@ -234,7 +260,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         msg.total_cost_usd >= lastTotalCost ? msg.total_cost_usd - lastTotalCost : msg.total_cost_usd;
       const cost = Math.round(delta * 1e9) / 1e9; // float noise from the subtraction
       lastTotalCost = msg.total_cost_usd;
-      if (sessionId) db.setSessionCost(group.folder, lastTotalCost);
+      if (sessionId && !oneShot) db.setSessionCost(group.folder, lastTotalCost);
       const error = msg.is_error ? resultError(msg) : undefined;
       // A turn that failed before any reply leaves its batches for the retry; otherwise the
       // batches it consumed are done (a partly answered batch counts as answered).
@@ -243,8 +269,11 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
         let done = batches.filter((b) => consumed.has(b.uuid));
         if (done.length === 0) done = batches.slice(0, 1); // an older CLI that names no prompt
         for (const b of done) batches.splice(batches.indexOf(b), 1);
-        if (done.length > 0) db.advanceCursor(groupJid, Math.max(...done.map((b) => b.maxId)));
-      }
+        const upTo = Math.max(...done.map((b) => b.maxId ?? 0));
+        if (upTo > 0) db.advanceCursor(groupJid, upTo);
+        deps.turnDone?.({ groupJid, ...(upTo > 0 ? { upTo } : {}), text: turnText });
+      } else deps.turnDone?.({ groupJid, text: turnText, error });
+      turnText = '';
       endTurn({
         status: error ? 'error' : 'ok',
         input: msg.usage.input_tokens,
@@ -256,6 +285,10 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
       // unanswered batches in a fresh sandbox, with backoff.
       if (error && !turnAnswered) {
         failure = error;
+        close();
+        return;
+      }
+      if (oneShot) {
         close();
         return;
       }
@@ -354,7 +387,8 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
     );
     try {
       // Loaded at the first run, not at start: the SDK is ~28 MiB of an idle orchestrator's RSS.
-      const { query } = await import('@anthropic-ai/claude-agent-sdk');
+      const sdk = await import('@anthropic-ai/claude-agent-sdk');
+      const { query } = sdk;
       const q = query({
         prompt: inbox,
         options: {
@@ -369,6 +403,7 @@ export function startAgentSession(deps: SessionDeps, groupJid: string, hooks: Ag
           systemPrompt: { type: 'preset', preset: 'claude_code', append: systemPromptFor(config, group) },
           abortController: abort,
           spawnClaudeCodeProcess: spawnInSandbox,
+          ...(deps.tools ? { mcpServers: { nanoclaw: nanoclawServer(sdk, deps.tools(group)) } } : {}),
         },
       });
       for await (const msg of q) handle(msg);

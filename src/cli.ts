@@ -8,18 +8,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { type Config, ConfigError, loadConfig } from './config.js';
-import { type Db, type Group, openDb, SCHEMA_VERSION } from './db.js';
+import { type Db, type Group, openDb, planGroup, SCHEMA_VERSION } from './db.js';
 import { globProblem } from './egress.js';
 import {
   checkExtraMount,
   defaultAllowlistPath,
-  folderFromName,
-  folderProblem,
   type MountAllowlist,
   parseAllowlist,
   parseMountSpec,
 } from './mounts.js';
-import { triggerFor } from './router.js';
 import { sandboxFor } from './sandbox/detect.js';
 
 export class UsageError extends Error {
@@ -44,8 +41,6 @@ Usage:
   nanoclaw --help
 
 Configuration comes from $NANOCLAW_HOME/.env and the environment (see README).`;
-
-const CHAT = /^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.@-]{1,128}$/;
 
 export function findGroup(db: Db, ref: string): Group | undefined {
   return db.group(ref) ?? db.groupByFolder(ref);
@@ -86,34 +81,24 @@ function groupsCommand(db: Db, args: string[], config: Config, out: (s: string) 
     });
     const chat = positionals[0];
     if (!chat || positionals.length > 1) throw new UsageError('groups add takes exactly one chat id');
-    if (!CHAT.test(chat))
-      throw new UsageError(`"${chat}" is not a chat id like discord:123456789 or web:main`);
     if (!values.name?.trim()) throw new UsageError('groups add needs --name <name>');
     if (values.trigger !== undefined && values['no-trigger']) {
       throw new UsageError('--trigger and --no-trigger exclude each other');
     }
-    const folder = values.folder ?? folderFromName(values.name);
-    const problem = folderProblem(folder);
-    if (problem) throw new UsageError(problem);
-    if (db.group(chat)) throw new UsageError(`${chat} is already registered (remove it first)`);
-    const owner = db.groupByFolder(folder);
-    if (owner) throw new UsageError(`folder "${folder}" already belongs to ${owner.jid}: choose --folder`);
-    const trigger = values.trigger ?? triggerFor(assistantName);
-    if (!/^@?[\p{L}\p{N}_-]{1,32}$/u.test(trigger)) {
-      throw new UsageError(`trigger "${trigger}" must be a word like @${assistantName}`);
-    }
-    const isMain = values.main ?? false;
-    const g = db.addGroup(
+    const plan = planGroup(
+      db,
       {
-        jid: chat,
-        name: values.name.trim(),
-        folder,
-        trigger: trigger.startsWith('@') ? trigger : `@${trigger}`,
-        requiresTrigger: !isMain && !values['no-trigger'],
-        isMain,
+        chat,
+        name: values.name,
+        ...(values.folder !== undefined ? { folder: values.folder } : {}),
+        ...(values.trigger !== undefined ? { trigger: values.trigger } : {}),
+        requiresTrigger: !values['no-trigger'],
+        main: values.main ?? false,
       },
-      Date.now(),
+      assistantName,
     );
+    if (typeof plan === 'string') throw new UsageError(plan);
+    const g = db.addGroup(plan, Date.now());
     out(`registered ${g.jid} as "${g.name}" in groups/${g.folder}`);
     return;
   }

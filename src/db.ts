@@ -3,6 +3,8 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { folderFromName, folderProblem } from './mounts.js';
+import { triggerFor } from './router.js';
 
 export interface Group {
   jid: string;
@@ -124,6 +126,21 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE groups ADD COLUMN mounts TEXT;
   `,
+  `
+  CREATE TABLE tasks (
+    id TEXT PRIMARY KEY, group_folder TEXT NOT NULL, chat_jid TEXT NOT NULL, prompt TEXT NOT NULL,
+    schedule_type TEXT NOT NULL, schedule_value TEXT NOT NULL, timezone TEXT NOT NULL,
+    context_mode TEXT NOT NULL, status TEXT NOT NULL, next_run INTEGER,
+    failures INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL
+  );
+  CREATE INDEX tasks_due ON tasks (status, next_run);
+  CREATE TABLE task_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, due_at INTEGER NOT NULL,
+    started_at INTEGER NOT NULL, ended_at INTEGER, status TEXT NOT NULL, result TEXT, error TEXT
+  );
+  CREATE INDEX task_runs_task ON task_runs (task_id, id);
+  ALTER TABLE messages ADD COLUMN task_run_id INTEGER;
+  `,
 ];
 
 /** The schema version this NanoClaw migrates a store to. */
@@ -189,6 +206,45 @@ const toRun = (r: Row): RunRow => ({
 
 export type Db = ReturnType<typeof openDb>;
 
+/** A chat id: `<channel>:<id>`. */
+export const CHAT_ID = /^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.@-]{1,128}$/;
+
+/** What registering a chat would store (the CLI's `groups add`, main's `register_group`), or one
+ * line saying why it cannot be registered. */
+export function planGroup(
+  db: Db,
+  r: {
+    chat: string;
+    name: string;
+    folder?: string;
+    trigger?: string;
+    requiresTrigger?: boolean;
+    main?: boolean;
+  },
+  assistantName: string,
+): NewGroup | string {
+  if (!CHAT_ID.test(r.chat)) return `"${r.chat}" is not a chat id like discord:123456789 or web:main`;
+  if (!r.name.trim()) return 'a group needs a name';
+  const folder = r.folder ?? folderFromName(r.name);
+  const problem = folderProblem(folder);
+  if (problem) return problem;
+  if (db.group(r.chat)) return `${r.chat} is already registered (remove it first)`;
+  const owner = db.groupByFolder(folder);
+  if (owner) return `folder "${folder}" already belongs to ${owner.jid}: choose another folder`;
+  const trigger = r.trigger ?? triggerFor(assistantName);
+  if (!/^@?[\p{L}\p{N}_-]{1,32}$/u.test(trigger))
+    return `trigger "${trigger}" must be a word like @${assistantName}`;
+  const isMain = r.main ?? false;
+  return {
+    jid: r.chat,
+    name: r.name.trim(),
+    folder,
+    trigger: trigger.startsWith('@') ? trigger : `@${trigger}`,
+    requiresTrigger: !isMain && (r.requiresTrigger ?? true),
+    isMain,
+  };
+}
+
 /** Opens (creating and migrating) the store. `:memory:` gives the same schema in memory. */
 export function openDb(file: string) {
   if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
@@ -199,6 +255,7 @@ export function openDb(file: string) {
   migrate(db);
 
   const q = {
+    chats: db.prepare('SELECT * FROM chats ORDER BY seen_at DESC, jid'),
     upsertChat: db.prepare(
       `INSERT INTO chats (jid, name, channel, seen_at) VALUES (?, ?, ?, ?)
        ON CONFLICT (jid) DO UPDATE SET name = excluded.name, seen_at = excluded.seen_at`,
@@ -306,6 +363,15 @@ export function openDb(file: string) {
 
     upsertChat(jid: string, name: string, channel: string, at: number): void {
       q.upsertChat.run(jid, name, channel, at);
+    },
+    /** Every chat a channel has seen (registered or not), most recent first. */
+    chats(): { jid: string; name: string; channel: string; seenAt: number }[] {
+      return (q.chats.all() as Row[]).map((r) => ({
+        jid: str(r.jid),
+        name: str(r.name),
+        channel: str(r.channel),
+        seenAt: num(r.seen_at),
+      }));
     },
     /** Stores a message once per (chat, platform id); returns its row id and whether it is new. */
     insertMessage(m: NewMessage): { id: number; inserted: boolean } {

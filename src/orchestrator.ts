@@ -17,6 +17,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgentSession } from './agent-session.js';
+import type { ToolContext } from './agent-tools.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
 import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
@@ -37,6 +38,7 @@ import { createOutbox } from './outbox.js';
 import { needsWake, triggerFor } from './router.js';
 import { sandboxFor } from './sandbox/detect.js';
 import type { Mount, Sandbox } from './sandbox/index.js';
+import { type Claimed, MAX_FAILURES, startScheduler, taskStore } from './scheduler.js';
 
 export interface OrchestratorDeps {
   log: Logger;
@@ -45,6 +47,8 @@ export interface OrchestratorDeps {
   /** The orchestrator's own environment: its PATH is where sandbox runtimes are looked up. */
   env?: NodeJS.ProcessEnv;
   retryBaseMs?: number;
+  /** The scheduler's timers (tests: a fake clock with `now`); default the real ones. */
+  schedulerTimers?: { setTimer(fn: () => void, ms: number): unknown; clearTimer(t: unknown): void };
   /** More channels (a test's fake); each gets the ingest function. */
   channels?: (ingest: (m: InboundMessage) => IngestResult) => Channel[];
   discord?: { typingIntervalMs?: number };
@@ -53,6 +57,9 @@ export interface OrchestratorDeps {
   /** Test seams for the egress policy: a static resolver and a recording dial. */
   egress?: { resolve?: Resolve; dial?: Egress['dial']; testAddresses?: readonly string[] };
 }
+
+/** Queue keys of isolated task runs (the group's chat key is its jid). */
+const TASK_RUN = 'task-run:';
 
 export const NO_CREDENTIAL_NOTICE =
   'I have no model credential yet: put ANTHROPIC_API_KEY=… (or CLAUDE_CODE_OAUTH_TOKEN=…) in .env and restart me.';
@@ -154,13 +161,72 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     outbox.kick();
   }
 
+  const tasks = taskStore(db);
+  tasks.abandonRuns(now());
+  /** Ends a task run; a failure is told in its chat, and the third in a row pauses the task. */
+  function finishTaskRun(
+    runId: number,
+    task: { id: string; chatJid: string },
+    r: { ok: boolean; result?: string; error?: string },
+  ) {
+    const paused = tasks.finishRun(runId, now(), r);
+    if (!r.ok) notice(task.chatJid, `Scheduled task ${task.id} failed: ${r.error ?? 'unknown error'}`);
+    if (paused)
+      notice(task.chatJid, `Scheduled task ${task.id} failed ${MAX_FAILURES} times in a row and is paused.`);
+  }
+  const summary = (text: string) => (text.length > 500 ? `${text.slice(0, 499)}…` : text);
+  /** Task runs whose prompt was a message of this chat, now answered (or failed). */
+  function settleChatRuns(
+    chatJid: string,
+    upTo: number,
+    r: { ok: boolean; result?: string; error?: string },
+  ) {
+    for (const run of tasks.pendingInChat(chatJid, upTo)) {
+      const task = tasks.get(run.taskId);
+      if (task) finishTaskRun(run.id, task, r);
+    }
+  }
+  const isolated = new Map<string, Claimed>();
+  const scheduler = startScheduler({
+    store: tasks,
+    now,
+    ...(deps.schedulerTimers ?? timers),
+    run: (c) => {
+      if (!db.group(c.task.chatJid)) {
+        finishTaskRun(c.runId, c.task, {
+          ok: false,
+          error: `chat ${c.task.chatJid} is no longer registered`,
+        });
+      } else if (c.task.contextMode === 'isolated') {
+        const key = `${TASK_RUN}${c.runId}`;
+        isolated.set(key, c);
+        queue.enqueue(key);
+      } else route(c.task.chatJid);
+    },
+  });
+  const toolsFor = (group: Group): ToolContext => ({
+    group,
+    db,
+    tasks,
+    log,
+    now,
+    timezone: config.timezone,
+    assistantName: config.assistantName,
+    groupsDir: config.groupsDir,
+    scheduleChanged: () => scheduler.changed(),
+    delivered: () => outbox.kick(),
+    registered: (g) => ensureGroupFolder(config, g.folder, g.isMain),
+  });
+
   const queue = createGroupQueue({
     maxConcurrent: config.maxConcurrentAgents,
     now,
     ...timers,
     ...(deps.retryBaseMs !== undefined ? { retryBaseMs: deps.retryBaseMs } : {}),
     log: (line) => log.warn(line),
-    startAgent: (jid, hooks) => {
+    startAgent: (key, hooks) => {
+      const claimed = isolated.get(key);
+      const jid = claimed ? claimed.task.chatJid : key;
       const group = db.group(jid);
       if (group) ensureGroupFolder(config, group.folder, group.isMain);
       return startAgentSession(
@@ -180,14 +246,31 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
             onRefuse: (line) => log.warn(`group ${group.folder}: egress refused ${line}`),
           }),
           working: (chatJid, w) => channels.find((c) => c.owns(chatJid))?.setWorking(chatJid, w),
+          tools: toolsFor,
+          turnDone: (t) => {
+            if (claimed) {
+              isolated.delete(key);
+              const r = t.error ? { ok: false, error: t.error } : { ok: true, result: summary(t.text) };
+              finishTaskRun(claimed.runId, claimed.task, r);
+            } else if (t.upTo !== undefined)
+              settleChatRuns(jid, t.upTo, { ok: true, result: summary(t.text) });
+          },
         },
         jid,
         hooks,
+        ...(claimed ? [{ prompt: claimed.task.prompt }] : []),
       );
     },
-    onGiveUp: (jid, error, tries) => {
-      log.error(`group ${jid}: giving up after ${tries} tries: ${error}`);
-      notice(jid, `Sorry, I could not answer (${error}). I will try again with your next message.`);
+    onGiveUp: (key, error, tries) => {
+      log.error(`group ${key}: giving up after ${tries} tries: ${error}`);
+      const claimed = isolated.get(key);
+      if (claimed) {
+        isolated.delete(key);
+        finishTaskRun(claimed.runId, claimed.task, { ok: false, error });
+        return;
+      }
+      settleChatRuns(key, db.latestMessageId(key), { ok: false, error });
+      notice(key, `Sorry, I could not answer (${error}). I will try again with your next message.`);
     },
   });
 
@@ -235,7 +318,12 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       })),
       queue: queue.snapshot(),
       outboxPending: db.outboxPendingCount(),
-      nextTasks: [],
+      nextTasks: tasks
+        .list()
+        .filter((t) => t.status === 'active')
+        .sort((a, b) => (a.nextRun ?? 0) - (b.nextRun ?? 0))
+        .slice(0, 10)
+        .map((t) => ({ id: t.id, group: t.groupFolder, nextRun: t.nextRun, prompt: t.prompt.slice(0, 100) })),
       recentRuns: db.recentRuns(20),
     }),
   });
@@ -293,6 +381,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       await Promise.all(channels.map((c) => c.stop()));
       const bounded = <T>(p: Promise<T>) =>
         Promise.race([p, new Promise<void>((r) => setTimeout(r, graceMs).unref())]);
+      scheduler.stop();
       await bounded(queue.stop());
       queue.kill();
       await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);

@@ -11,6 +11,7 @@ import { loadConfig, projectRoot } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import { type Orchestrator, type OrchestratorDeps, startOrchestrator } from '../../src/orchestrator.js';
 import { runtimeEnv } from '../../src/sandbox/container.js';
+import type { FakeClock } from './clock.js';
 
 /** The "real" model key: it must reach the fake, and never the sandbox. */
 // Made at run time: main's sandbox sees the project's files, so the key must be in none of them.
@@ -59,6 +60,8 @@ export async function startApp(opts: {
   credential?: 'api_key' | 'oauth';
   egress?: OrchestratorDeps['egress'];
   mountAllowlistPath?: string;
+  /** A fake clock for `now` and the scheduler's timers. */
+  clock?: FakeClock;
 }): Promise<TestApp> {
   const home = opts.home ?? tempHome();
   const env = testEnv(
@@ -77,6 +80,7 @@ export async function startApp(opts: {
     ...(opts.discord ? { discord: opts.discord } : {}),
     ...(opts.egress ? { egress: opts.egress } : {}),
     ...(opts.mountAllowlistPath ? { mountAllowlistPath: opts.mountAllowlistPath } : {}),
+    ...(opts.clock ? { now: opts.clock.now, schedulerTimers: opts.clock } : {}),
   });
   const port = orch.web.port();
   return {

@@ -1,0 +1,386 @@
+// Scheduled tasks: what a schedule means (pure: cron with time zones through croner, intervals,
+// one-off times), the tasks in the store, and a timer to the next due task (no polling; timers
+// beyond Node's 2^31−1 ms limit are chained). A due task is claimed before it runs: its next run
+// moves on in the same transaction that records the run (and, for a task in the group's context,
+// stores its prompt as a message of its chat), so a restart or an overlap never fires it twice,
+// and runs missed while NanoClaw was down run once, not once per missed slot.
+import { randomBytes } from 'node:crypto';
+import { Cron } from 'croner';
+import type { Db } from './db.js';
+
+export type Schedule =
+  | { type: 'cron'; value: string }
+  | { type: 'interval'; value: number }
+  | { type: 'once'; value: number };
+
+export interface Task {
+  id: string;
+  groupFolder: string;
+  chatJid: string;
+  prompt: string;
+  schedule: Schedule;
+  timezone: string;
+  contextMode: 'group' | 'isolated';
+  status: 'active' | 'paused' | 'done' | 'cancelled';
+  nextRun: number | null;
+  failures: number;
+  createdAt: number;
+}
+
+export interface TaskRun {
+  id: number;
+  taskId: string;
+  dueAt: number;
+  startedAt: number;
+  endedAt: number | null;
+  status: 'running' | 'ok' | 'error';
+  result: string | null;
+  error: string | null;
+}
+
+const MIN_INTERVAL_MS = 60_000;
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** A task that fails this many times in a row is paused. */
+export const MAX_FAILURES = 3;
+
+/** Whether `tz` is an IANA time zone this runtime knows. */
+export function validTimezone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz });
+    return true;
+  } catch {
+    return false; // RangeError: unknown zone
+  }
+}
+
+/** The UTC offset (ms) of `tz` at instant `at`. */
+function offsetAt(at: number, tz: string): number {
+  const parts = new Intl.DateTimeFormat('en-US', {
+    timeZone: tz,
+    hourCycle: 'h23',
+    year: 'numeric',
+    month: 'numeric',
+    day: 'numeric',
+    hour: 'numeric',
+    minute: 'numeric',
+    second: 'numeric',
+  }).formatToParts(at);
+  const n = (t: string) => Number(parts.find((p) => p.type === t)?.value);
+  return (
+    Date.UTC(n('year'), n('month') - 1, n('day'), n('hour'), n('minute'), n('second')) - (at - (at % 1000))
+  );
+}
+
+const LOCAL_TIME = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?$/;
+
+/** A wall-clock time in `tz` → epoch ms (the later reading, in a gap or overlap of DST). */
+function zonedToUtc(local: string, tz: string): number | undefined {
+  const m = LOCAL_TIME.exec(local);
+  if (!m) return undefined;
+  const [y, mo, d, h, mi, s] = m.slice(1).map((v) => Number(v ?? 0)) as number[];
+  const guess = Date.UTC(y as number, (mo as number) - 1, d, h, mi, s);
+  const first = guess - offsetAt(guess, tz);
+  return guess - offsetAt(first, tz);
+}
+
+export interface ScheduleInput {
+  cron?: string | undefined;
+  every_ms?: number | undefined;
+  at?: string | undefined;
+  timezone?: string | undefined;
+}
+
+/**
+ * Checks a tool's schedule arguments. Returns the schedule with its first run and, for a time
+ * given without an offset, a note saying which zone it was read in; or one line saying why not.
+ */
+export function parseSchedule(
+  input: ScheduleInput,
+  defaultTz: string,
+  now: number,
+): { schedule: Schedule; timezone: string; nextRun: number; note?: string } | string {
+  const given = (['cron', 'every_ms', 'at'] as const).filter((k) => input[k] !== undefined);
+  if (given.length !== 1) return 'give exactly one of cron, every_ms or at';
+  const timezone = input.timezone ?? defaultTz;
+  if (!validTimezone(timezone)) return `unknown time zone "${timezone}": use an IANA name like Europe/Berlin`;
+  let schedule: Schedule;
+  let note: string | undefined;
+  if (input.cron !== undefined) {
+    try {
+      new Cron(input.cron, { timezone });
+    } catch (e) {
+      return `invalid cron "${input.cron}": ${(e as Error).message.replace(/^CronPattern: /, '')}`;
+    }
+    schedule = { type: 'cron', value: input.cron };
+  } else if (input.every_ms !== undefined) {
+    const ms = input.every_ms;
+    if (!Number.isInteger(ms) || ms < MIN_INTERVAL_MS)
+      return `every_ms must be a whole number ≥ ${MIN_INTERVAL_MS}`;
+    schedule = { type: 'interval', value: ms };
+  } else {
+    const at = input.at as string;
+    const local = LOCAL_TIME.test(at);
+    const ms = local ? zonedToUtc(at, timezone) : Date.parse(at);
+    if (ms === undefined || Number.isNaN(ms))
+      return `invalid time "${at}": use ISO 8601 like 2026-12-24T09:00`;
+    if (ms <= now) return `the time ${at} is in the past`;
+    if (local) note = `${at} was read in ${timezone}`;
+    schedule = { type: 'once', value: ms };
+  }
+  const nextRun = firstRun(schedule, timezone, now);
+  if (nextRun === undefined) return 'this schedule never fires';
+  return { schedule, timezone, nextRun, ...(note ? { note } : {}) };
+}
+
+function firstRun(s: Schedule, tz: string, now: number): number | undefined {
+  if (s.type === 'once') return s.value;
+  if (s.type === 'interval') return now + s.value;
+  return new Cron(s.value, { timezone: tz }).nextRun(new Date(now))?.getTime();
+}
+
+/** The run after one due at `due`, claimed at `now`: the first slot after `now` (missed slots run
+ * once), or undefined for a one-off. */
+export function nextAfter(s: Schedule, tz: string, due: number, now: number): number | undefined {
+  if (s.type === 'once') return undefined;
+  if (s.type === 'interval') return due + (Math.floor(Math.max(0, now - due) / s.value) + 1) * s.value;
+  return new Cron(s.value, { timezone: tz }).nextRun(new Date(Math.max(now, due)))?.getTime();
+}
+
+export function describeSchedule(t: Pick<Task, 'schedule' | 'timezone'>): string {
+  const s = t.schedule;
+  if (s.type === 'cron') return `cron "${s.value}" (${t.timezone})`;
+  if (s.type === 'interval') return `every ${s.value} ms`;
+  return `once at ${new Date(s.value).toISOString()}`;
+}
+
+type Row = Record<string, unknown>;
+const toTask = (r: Row): Task => {
+  const type = String(r.schedule_type) as Schedule['type'];
+  const value = String(r.schedule_value);
+  return {
+    id: String(r.id),
+    groupFolder: String(r.group_folder),
+    chatJid: String(r.chat_jid),
+    prompt: String(r.prompt),
+    schedule: (type === 'cron' ? { type, value } : { type, value: Number(value) }) as Schedule,
+    timezone: String(r.timezone),
+    contextMode: r.context_mode === 'isolated' ? 'isolated' : 'group',
+    status: String(r.status) as Task['status'],
+    nextRun: r.next_run === null ? null : Number(r.next_run),
+    failures: Number(r.failures),
+    createdAt: Number(r.created_at),
+  };
+};
+const toRun = (r: Row): TaskRun => ({
+  id: Number(r.id),
+  taskId: String(r.task_id),
+  dueAt: Number(r.due_at),
+  startedAt: Number(r.started_at),
+  endedAt: r.ended_at === null ? null : Number(r.ended_at),
+  status: String(r.status) as TaskRun['status'],
+  result: r.result === null ? null : String(r.result),
+  error: r.error === null ? null : String(r.error),
+});
+
+export type NewTask = Pick<
+  Task,
+  'groupFolder' | 'chatJid' | 'prompt' | 'schedule' | 'timezone' | 'contextMode'
+> & {
+  nextRun: number;
+};
+
+/** A claimed run: the task as it was due, and where its prompt went. */
+export interface Claimed {
+  task: Task;
+  runId: number;
+  /** For a task in the group's context: the stored message carrying its prompt. */
+  messageId?: number;
+}
+
+/** The tasks in the store (prepared on the store's own connection). */
+export function taskStore(db: Db) {
+  const raw = db.raw;
+  const q = {
+    insert: raw.prepare(
+      `INSERT INTO tasks (id, group_folder, chat_jid, prompt, schedule_type, schedule_value, timezone,
+         context_mode, status, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)`,
+    ),
+    get: raw.prepare('SELECT * FROM tasks WHERE id = ?'),
+    all: raw.prepare("SELECT * FROM tasks WHERE status IN ('active', 'paused') ORDER BY created_at, id"),
+    due: raw.prepare("SELECT * FROM tasks WHERE status = 'active' AND next_run <= ? ORDER BY next_run"),
+    nextDue: raw.prepare("SELECT min(next_run) AS at FROM tasks WHERE status = 'active'"),
+    advance: raw.prepare('UPDATE tasks SET next_run = ?, status = ? WHERE id = ?'),
+    update: raw.prepare(
+      `UPDATE tasks SET prompt = ?, schedule_type = ?, schedule_value = ?, timezone = ?, next_run = ?
+       WHERE id = ?`,
+    ),
+    setStatus: raw.prepare('UPDATE tasks SET status = ?, next_run = ?, failures = ? WHERE id = ?'),
+    startRun: raw.prepare(
+      "INSERT INTO task_runs (task_id, due_at, started_at, status) VALUES (?, ?, ?, 'running')",
+    ),
+    finishRun: raw.prepare(
+      `UPDATE task_runs SET ended_at = ?, status = ?, result = ?, error = ? WHERE id = ? AND status = 'running'`,
+    ),
+    runsOf: raw.prepare('SELECT * FROM task_runs WHERE task_id = ? ORDER BY id DESC LIMIT ?'),
+    run: raw.prepare('SELECT * FROM task_runs WHERE id = ?'),
+    pendingInChat: raw.prepare(
+      `SELECT r.* FROM task_runs r JOIN messages m ON m.task_run_id = r.id
+       WHERE m.chat_jid = ? AND m.id <= ? AND r.status = 'running'`,
+    ),
+    failures: raw.prepare('UPDATE tasks SET failures = ? WHERE id = ?'),
+    abandon: raw.prepare(
+      `UPDATE task_runs SET status = 'error', error = 'interrupted by a restart', ended_at = ?
+       WHERE status = 'running' AND id NOT IN (SELECT task_run_id FROM messages WHERE task_run_id IS NOT NULL)`,
+    ),
+    linkMessage: raw.prepare('UPDATE messages SET task_run_id = ? WHERE id = ?'),
+  };
+
+  const claimDue = raw.transaction((now: number): Claimed[] => {
+    const claimed: Claimed[] = [];
+    for (const task of (q.due.all(now) as Row[]).map(toTask)) {
+      const due = task.nextRun ?? now;
+      const next = nextAfter(task.schedule, task.timezone, due, now);
+      q.advance.run(next ?? null, next === undefined ? 'done' : 'active', task.id);
+      const runId = Number(q.startRun.run(task.id, due, now).lastInsertRowid);
+      if (task.contextMode === 'isolated') {
+        claimed.push({ task, runId });
+        continue;
+      }
+      const { id } = db.insertMessage({
+        chatJid: task.chatJid,
+        platformId: `task-run-${runId}`,
+        sender: 'scheduler',
+        senderName: `Scheduled task ${task.id}`,
+        text: task.prompt,
+        at: now,
+        isBot: false,
+        fromMe: false,
+        mentionsMe: true, // wakes the agent like its trigger would
+      });
+      q.linkMessage.run(runId, id);
+      claimed.push({ task, runId, messageId: id });
+    }
+    return claimed;
+  });
+
+  return {
+    create(t: NewTask, now: number): Task {
+      const id = `t-${randomBytes(4).toString('hex')}`;
+      q.insert.run(
+        id,
+        t.groupFolder,
+        t.chatJid,
+        t.prompt,
+        t.schedule.type,
+        String(t.schedule.value),
+        t.timezone,
+        t.contextMode,
+        t.nextRun,
+        now,
+      );
+      return toTask(q.get.get(id) as Row);
+    },
+    get(id: string): Task | undefined {
+      const r = q.get.get(id) as Row | undefined;
+      return r && toTask(r);
+    },
+    /** Active and paused tasks, of one group or of all. */
+    list(groupFolder?: string): Task[] {
+      const all = (q.all.all() as Row[]).map(toTask);
+      return groupFolder === undefined ? all : all.filter((t) => t.groupFolder === groupFolder);
+    },
+    update(t: Task): void {
+      q.update.run(t.prompt, t.schedule.type, String(t.schedule.value), t.timezone, t.nextRun, t.id);
+    },
+    setStatus(id: string, status: Task['status'], nextRun: number | null, failures = 0): void {
+      q.setStatus.run(status, nextRun, failures, id);
+    },
+    nextDue(): number | undefined {
+      const at = (q.nextDue.get() as Row).at;
+      return at === null ? undefined : Number(at);
+    },
+    claimDue,
+    /**
+     * Ends a run; counts failures in a row. Returns 'paused' when this failure paused the task.
+     * A run that already ended (answered after all) stays as it was.
+     */
+    finishRun(
+      runId: number,
+      now: number,
+      r: { ok: boolean; result?: string; error?: string },
+    ): 'paused' | undefined {
+      const run = q.run.get(runId) as Row | undefined;
+      if (
+        !run ||
+        q.finishRun.run(now, r.ok ? 'ok' : 'error', r.result ?? null, r.error ?? null, runId).changes === 0
+      )
+        return undefined;
+      const task = q.get.get(String(run.task_id)) as Row | undefined;
+      if (!task) return undefined;
+      const failures = r.ok ? 0 : Number(task.failures) + 1;
+      q.failures.run(failures, String(task.id));
+      if (failures >= MAX_FAILURES && task.status === 'active') {
+        q.setStatus.run('paused', task.next_run, failures, String(task.id));
+        return 'paused';
+      }
+      return undefined;
+    },
+    /** Runs whose prompt is a message of this chat up to `upTo`, still running. */
+    pendingInChat(chatJid: string, upTo: number): TaskRun[] {
+      return (q.pendingInChat.all(chatJid, upTo) as Row[]).map(toRun);
+    },
+    runs(taskId: string, limit = 20): TaskRun[] {
+      return (q.runsOf.all(taskId, limit) as Row[]).map(toRun);
+    },
+    /** At start: isolated runs a crash interrupted end as errors (they are not run again). */
+    abandonRuns(now: number): void {
+      q.abandon.run(now);
+    },
+  };
+}
+
+export type TaskStore = ReturnType<typeof taskStore>;
+
+export interface SchedulerDeps {
+  store: TaskStore;
+  now(): number;
+  setTimer(fn: () => void, ms: number): unknown;
+  clearTimer(t: unknown): void;
+  /** A claimed run, to be started (its prompt is already stored when in the group's context). */
+  run(claimed: Claimed): void;
+}
+
+/** Keeps one timer armed for the next due task; `changed()` after any task edit. */
+export function startScheduler(deps: SchedulerDeps) {
+  let timer: unknown;
+  let stopped = false;
+
+  function arm(): void {
+    deps.clearTimer(timer);
+    timer = undefined;
+    if (stopped) return;
+    const at = deps.store.nextDue();
+    if (at === undefined) return;
+    const wait = Math.max(0, at - deps.now());
+    // Longer waits are chained: the timer wakes at Node's limit and simply re-arms.
+    timer = deps.setTimer(wait > MAX_TIMER_MS ? arm : tick, Math.min(wait, MAX_TIMER_MS));
+  }
+
+  function tick(): void {
+    timer = undefined;
+    if (stopped) return;
+    for (const c of deps.store.claimDue(deps.now())) deps.run(c);
+    arm();
+  }
+
+  arm();
+  return {
+    changed: arm,
+    /** Claims and starts what is due now (also at start: runs missed while down). */
+    tick,
+    stop(): void {
+      stopped = true;
+      deps.clearTimer(timer);
+    },
+  };
+}
