@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { type Db, type Group, planGroup } from './db.js';
 import type { Logger } from './log.js';
 import { GUEST } from './mounts.js';
-import { describeSchedule, parseSchedule, type Task, type TaskStore } from './scheduler.js';
+import { describeSchedule, parseSchedule, resumeAt, type Task, type TaskStore } from './scheduler.js';
 
 export type Action =
   | 'send'
@@ -211,9 +211,9 @@ export function nanoclawServer(
         if (name === 'pause_task') ctx.tasks.setStatus(t.id, 'paused', t.nextRun, t.failures);
         if (name === 'cancel_task') ctx.tasks.setStatus(t.id, 'cancelled', null);
         if (name === 'resume_task') {
-          const s = parseSchedule(scheduleInput(t), t.timezone, ctx.now());
-          if (typeof s === 'string') return refuse(`${t.id} cannot resume: ${s}`);
-          ctx.tasks.setStatus(t.id, 'active', s.nextRun);
+          const at = resumeAt(t, ctx.now());
+          if (typeof at === 'string') return refuse(`${t.id} cannot resume: ${at}`);
+          ctx.tasks.setStatus(t.id, 'active', at);
         }
         ctx.scheduleChanged();
         return ok(

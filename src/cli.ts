@@ -2,7 +2,7 @@
 // The `nanoclaw` command. Every command but `start` works on the store directly (creating and
 // migrating it), so it needs no running orchestrator; a running one reads groups from the store
 // on every message, so changes take effect without a restart.
-import { readFileSync, realpathSync } from 'node:fs';
+import { mkdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,6 +18,7 @@ import {
   parseMountSpec,
 } from './mounts.js';
 import { sandboxFor } from './sandbox/detect.js';
+import { describeSchedule, resumeAt, TASKS_CHANGED, type Task, taskStore } from './scheduler.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -37,6 +38,9 @@ Usage:
                                       EGRESS_ALLOW. --mount adds a host folder at
                                       /workspace/extra/<name>, only under a root listed in
                                       ~/.config/nanoclaw/mount-allowlist.json
+  nanoclaw tasks list [--json]        scheduled tasks of every group
+  nanoclaw tasks show|runs <task_id>  one task; its run log (start, duration, status, result)
+  nanoclaw tasks pause|resume|cancel <task_id>
   nanoclaw doctor                     check the configuration, the sandbox runtime and the store
   nanoclaw --help
 
@@ -191,6 +195,54 @@ function setMounts(
   );
 }
 
+function tasksCommand(db: Db, args: string[], config: Config, out: (s: string) => void): void {
+  const tasks = taskStore(db);
+  const [sub, ...rest] = args;
+  const line = (t: Task) =>
+    `${t.id}\t${t.status}\t${describeSchedule(t)}\tnext ${t.nextRun === null ? '-' : new Date(t.nextRun).toISOString()}\t${t.groupFolder}\t${t.prompt.slice(0, 60)}`;
+  if (sub === 'list') {
+    const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true });
+    const list = tasks.list();
+    if (values.json) out(JSON.stringify(list, null, 2));
+    else if (list.length === 0) out('no scheduled tasks');
+    else for (const t of list) out(line(t));
+    return;
+  }
+  const id = rest[0];
+  if (!sub || !['show', 'runs', 'pause', 'resume', 'cancel'].includes(sub)) {
+    throw new UsageError('tasks takes list, show, runs, pause, resume or cancel');
+  }
+  if (!id || rest.length > 1) throw new UsageError(`tasks ${sub} takes exactly one task id`);
+  const t = tasks.get(id);
+  if (!t) throw new UsageError(`no task ${id}`);
+  if (sub === 'show') {
+    out(line(t));
+    out(`chat ${t.chatJid}, ${t.contextMode} context, ${t.failures} failures in a row\n${t.prompt}`);
+    return;
+  }
+  if (sub === 'runs') {
+    const runs = tasks.runs(t.id);
+    if (runs.length === 0) out(`${t.id} has not run yet`);
+    for (const r of runs) {
+      const took = r.endedAt === null ? 'running' : `${r.endedAt - r.startedAt} ms`;
+      out(`${new Date(r.startedAt).toISOString()}\t${took}\t${r.status}\t${(r.error ?? r.result ?? '').replace(/\s+/g, ' ').slice(0, 100)}`);
+    }
+    return;
+  }
+  if (t.status === 'cancelled' || t.status === 'done') throw new UsageError(`${t.id} is ${t.status}`);
+  if (sub === 'pause') tasks.setStatus(t.id, 'paused', t.nextRun, t.failures);
+  if (sub === 'cancel') tasks.setStatus(t.id, 'cancelled', null);
+  if (sub === 'resume') {
+    const at = resumeAt(t, Date.now());
+    if (typeof at === 'string') throw new UsageError(`${t.id} cannot resume: ${at}`);
+    tasks.setStatus(t.id, 'active', at);
+  }
+  // A running orchestrator watches for this file and re-arms its timer.
+  mkdirSync(config.dataDir, { recursive: true });
+  writeFileSync(path.join(config.dataDir, TASKS_CHANGED), String(Date.now()));
+  out(`${t.id} ${sub === 'pause' ? 'paused' : sub === 'cancel' ? 'cancelled' : 'resumed'}`);
+}
+
 /** Checks what `start` needs, one line each; exits 1 if something would stop the start. */
 function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void, err: (s: string) => void): number {
   const config = loadConfig(env);
@@ -251,11 +303,12 @@ export async function runCli(
       return 0;
     }
     if (cmd === 'doctor') return doctor(env, out, err);
-    if (cmd !== 'groups') throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
+    if (cmd !== 'groups' && cmd !== 'tasks') throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
-      groupsCommand(db, args, config, out);
+      if (cmd === 'groups') groupsCommand(db, args, config, out);
+      else tasksCommand(db, args, config, out);
     } finally {
       db.close();
     }

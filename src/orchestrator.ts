@@ -12,6 +12,7 @@ import {
   readFileSync,
   realpathSync,
   rmSync,
+  watch,
 } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -38,7 +39,7 @@ import { createOutbox } from './outbox.js';
 import { needsWake, triggerFor } from './router.js';
 import { sandboxFor } from './sandbox/detect.js';
 import type { Mount, Sandbox } from './sandbox/index.js';
-import { type Claimed, MAX_FAILURES, startScheduler, taskStore } from './scheduler.js';
+import { type Claimed, MAX_FAILURES, startScheduler, TASKS_CHANGED, taskStore } from './scheduler.js';
 
 export interface OrchestratorDeps {
   log: Logger;
@@ -204,6 +205,12 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       } else route(c.task.chatJid);
     },
   });
+  // `nanoclaw tasks pause|resume|cancel` touches a file here: re-arm for the new next run.
+  mkdirSync(config.dataDir, { recursive: true });
+  const watcher = watch(config.dataDir, (_event, name) => {
+    if (name === TASKS_CHANGED) scheduler.changed();
+  });
+  watcher.on('error', (err) => log.warn(`watching ${config.dataDir}: ${err.message}`));
   const toolsFor = (group: Group): ToolContext => ({
     group,
     db,
@@ -382,6 +389,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       const bounded = <T>(p: Promise<T>) =>
         Promise.race([p, new Promise<void>((r) => setTimeout(r, graceMs).unref())]);
       scheduler.stop();
+      watcher.close();
       await bounded(queue.stop());
       queue.kill();
       await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);

@@ -146,6 +146,17 @@ export function nextAfter(s: Schedule, tz: string, due: number, now: number): nu
   return new Cron(s.value, { timezone: tz }).nextRun(new Date(Math.max(now, due)))?.getTime();
 }
 
+/** The next run of a task resumed at `now`, or why it cannot resume. */
+export function resumeAt(t: Pick<Task, 'schedule' | 'timezone'>, now: number): number | string {
+  if (t.schedule.type === 'once' && t.schedule.value <= now) {
+    return `its time ${new Date(t.schedule.value).toISOString()} has passed`;
+  }
+  return firstRun(t.schedule, t.timezone, now) ?? 'its schedule never fires again';
+}
+
+/** A CLI that changed tasks touches this file in the data directory; the orchestrator re-arms. */
+export const TASKS_CHANGED = 'tasks.changed';
+
 export function describeSchedule(t: Pick<Task, 'schedule' | 'timezone'>): string {
   const s = t.schedule;
   if (s.type === 'cron') return `cron "${s.value}" (${t.timezone})`;
