@@ -398,6 +398,8 @@ export function startAgentSession(
           env: {},
           settingSources: ['project'],
           settings: { skipWebFetchPreflight: true },
+          // Claude Code's own schedulers die with its session; tasks go through schedule_task.
+          disallowedTools: ['CronCreate', 'CronList', 'CronDelete', 'ScheduleWakeup'],
           permissionMode: 'bypassPermissions',
           allowDangerouslySkipPermissions: true,
           systemPrompt: { type: 'preset', preset: 'claude_code', append: systemPromptFor(config, group) },

@@ -225,7 +225,9 @@ function tasksCommand(db: Db, args: string[], config: Config, out: (s: string) =
     if (runs.length === 0) out(`${t.id} has not run yet`);
     for (const r of runs) {
       const took = r.endedAt === null ? 'running' : `${r.endedAt - r.startedAt} ms`;
-      out(`${new Date(r.startedAt).toISOString()}\t${took}\t${r.status}\t${(r.error ?? r.result ?? '').replace(/\s+/g, ' ').slice(0, 100)}`);
+      out(
+        `${new Date(r.startedAt).toISOString()}\t${took}\t${r.status}\t${(r.error ?? r.result ?? '').replace(/\s+/g, ' ').slice(0, 100)}`,
+      );
     }
     return;
   }
@@ -303,7 +305,8 @@ export async function runCli(
       return 0;
     }
     if (cmd === 'doctor') return doctor(env, out, err);
-    if (cmd !== 'groups' && cmd !== 'tasks') throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
+    if (cmd !== 'groups' && cmd !== 'tasks')
+      throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
