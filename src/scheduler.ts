@@ -243,6 +243,11 @@ export function taskStore(db: Db) {
       `UPDATE task_runs SET status = 'error', error = 'interrupted by a restart', ended_at = ?
        WHERE status = 'running' AND id NOT IN (SELECT task_run_id FROM messages WHERE task_run_id IS NOT NULL)`,
     ),
+    answeredBefore: raw.prepare(
+      `UPDATE task_runs SET status = 'ok', result = 'answered before a restart', ended_at = ?
+       WHERE status = 'running' AND id IN (SELECT m.task_run_id FROM messages m
+         JOIN groups g ON g.jid = m.chat_jid WHERE m.task_run_id IS NOT NULL AND m.id <= g.cursor)`,
+    ),
     linkMessage: raw.prepare('UPDATE messages SET task_run_id = ? WHERE id = ?'),
   };
 
@@ -343,9 +348,11 @@ export function taskStore(db: Db) {
     runs(taskId: string, limit = 20): TaskRun[] {
       return (q.runsOf.all(taskId, limit) as Row[]).map(toRun);
     },
-    /** At start: isolated runs a crash interrupted end as errors (they are not run again). */
+    /** At start: isolated runs a crash interrupted end as errors (they are not run again); runs
+     * whose prompt was answered just before the crash end as ok. */
     abandonRuns(now: number): void {
       q.abandon.run(now);
+      q.answeredBefore.run(now);
     },
   };
 }
