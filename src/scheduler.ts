@@ -79,8 +79,13 @@ function zonedToUtc(local: string, tz: string): number | undefined {
   if (!m) return undefined;
   const [y, mo, d, h, mi, s] = m.slice(1).map((v) => Number(v ?? 0)) as number[];
   const guess = Date.UTC(y as number, (mo as number) - 1, d, h, mi, s);
-  const first = guess - offsetAt(guess, tz);
-  return guess - offsetAt(first, tz);
+  // The offsets on either side of any change that night; a reading is valid when the zone has
+  // that offset at that instant (an overlap has two, a gap none: then the later one is taken).
+  const candidates = [offsetAt(guess - 43_200_000, tz), offsetAt(guess + 43_200_000, tz)].map(
+    (o) => guess - o,
+  );
+  const valid = candidates.filter((t) => guess - t === offsetAt(t, tz));
+  return Math.max(...(valid.length > 0 ? valid : candidates));
 }
 
 export interface ScheduleInput {
@@ -385,6 +390,7 @@ export function startScheduler(deps: SchedulerDeps) {
   }
 
   function tick(): void {
+    deps.clearTimer(timer);
     timer = undefined;
     if (stopped) return;
     for (const c of deps.store.claimDue(deps.now())) deps.run(c);
