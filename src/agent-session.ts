@@ -261,6 +261,20 @@ export function startAgentSession(
       const cost = Math.round(delta * 1e9) / 1e9; // float noise from the subtraction
       lastTotalCost = msg.total_cost_usd;
       if (sessionId && !oneShot) db.setSessionCost(group.folder, lastTotalCost);
+      if (msg.subtype === 'error_max_budget_usd') {
+        // The CLI stopped at MAX_RUN_COST_USD before another model request: the run's prompts count
+        // as answered (with this notice), and it is not retried.
+        const upTo = Math.max(0, ...batches.map((b) => b.maxId ?? 0));
+        const text = `I stopped: this run reached its budget of $${config.maxRunCostUsd} (MAX_RUN_COST_USD).`;
+        db.enqueueReply({ chatJid: groupJid, text, ...(upTo > 0 ? { cursor: upTo } : {}), now: deps.now() });
+        deps.replied(groupJid);
+        batches.length = 0;
+        deps.turnDone?.({ groupJid, text: turnText, error: 'run budget reached' });
+        const usage = { input: msg.usage.input_tokens, output: msg.usage.output_tokens, cost };
+        endTurn({ status: 'error', ...usage, error: 'run budget reached' });
+        close();
+        return;
+      }
       const error = msg.is_error ? resultError(msg) : undefined;
       // A turn that failed before any reply leaves its batches for the retry; otherwise the
       // batches it consumed are done (a partly answered batch counts as answered).
@@ -288,7 +302,8 @@ export function startAgentSession(
         close();
         return;
       }
-      if (oneShot) {
+      // With a run budget each run gets a query of its own: the CLI counts the budget per query.
+      if (oneShot || config.maxRunCostUsd !== undefined) {
         close();
         return;
       }
@@ -404,6 +419,7 @@ export function startAgentSession(
           allowDangerouslySkipPermissions: true,
           systemPrompt: { type: 'preset', preset: 'claude_code', append: systemPromptFor(config, group) },
           abortController: abort,
+          ...(config.maxRunCostUsd !== undefined ? { maxBudgetUsd: config.maxRunCostUsd } : {}),
           spawnClaudeCodeProcess: spawnInSandbox,
           ...(deps.tools ? { mcpServers: { nanoclaw: nanoclawServer(sdk, deps.tools(group)) } } : {}),
         },

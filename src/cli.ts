@@ -17,6 +17,7 @@ import {
   parseAllowlist,
   parseMountSpec,
 } from './mounts.js';
+import { diff, log, restore } from './provenance.js';
 import { sandboxFor } from './sandbox/detect.js';
 import { describeSchedule, resumeAt, TASKS_CHANGED, type Task, taskStore } from './scheduler.js';
 
@@ -41,6 +42,11 @@ Usage:
   nanoclaw tasks list [--json]        scheduled tasks of every group
   nanoclaw tasks show|runs <task_id>  one task; its run log (start, duration, status, result)
   nanoclaw tasks pause|resume|cancel <task_id>
+  nanoclaw memory log <chat|folder>   what the agent changed in its folder, newest first
+  nanoclaw memory diff <chat|folder> [<commit>]
+                                      changes since the last commit, or what one commit changed
+  nanoclaw memory restore <chat|folder> <commit> [<file>]
+                                      bring back the folder (or one file) as it was; undoable
   nanoclaw doctor                     check the configuration, the sandbox runtime and the store
   nanoclaw --help
 
@@ -245,6 +251,39 @@ function tasksCommand(db: Db, args: string[], config: Config, out: (s: string) =
   out(`${t.id} ${sub === 'pause' ? 'paused' : sub === 'cancel' ? 'cancelled' : 'resumed'}`);
 }
 
+/** `memory log|diff|restore`: the history of a group folder, kept by src/provenance.ts. */
+async function memoryCommand(db: Db, args: string[], config: Config, out: (s: string) => void) {
+  const [sub, ref, ...rest] = args;
+  const usage = {
+    log: '<chat|folder>',
+    diff: '<chat|folder> [<commit>]',
+    restore: '<chat|folder> <commit> [<file>]',
+  };
+  if (sub !== 'log' && sub !== 'diff' && sub !== 'restore')
+    throw new UsageError('memory takes log, diff or restore');
+  const max = { log: 0, diff: 1, restore: 2 }[sub];
+  if (!ref || rest.length > max || (sub === 'restore' && !rest[0])) {
+    throw new UsageError(`usage: nanoclaw memory ${sub} ${usage[sub]}`);
+  }
+  const g = findGroup(db, ref);
+  if (!g) throw new UsageError(`no registered group ${ref}`);
+  if (sub === 'log') {
+    const commits = await log(config, g.folder);
+    if (commits.length === 0) out(`no history of groups/${g.folder} yet`);
+    for (const c of commits) {
+      out(`${c.id.slice(0, 12)}\t${new Date(c.at).toISOString()}\t${c.message}\t${c.files.join(', ')}`);
+    }
+  } else if (sub === 'diff') {
+    const text = (await diff(config, g.folder, rest[0])).trimEnd();
+    out(text || `groups/${g.folder} has not changed since its last commit`);
+  } else {
+    const [rev = '', file] = rest;
+    const id = await restore(config, g.folder, rev, file);
+    const what = `groups/${g.folder}${file ? `/${file}` : ''}`;
+    out(id ? `restored ${what} as at ${rev} (commit ${id.slice(0, 12)})` : `${what} already is as at ${rev}`);
+  }
+}
+
 /** Checks what `start` needs, one line each; exits 1 if something would stop the start. */
 function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void, err: (s: string) => void): number {
   const config = loadConfig(env);
@@ -305,12 +344,13 @@ export async function runCli(
       return 0;
     }
     if (cmd === 'doctor') return doctor(env, out, err);
-    if (cmd !== 'groups' && cmd !== 'tasks')
+    if (cmd !== 'groups' && cmd !== 'tasks' && cmd !== 'memory')
       throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
       if (cmd === 'groups') groupsCommand(db, args, config, out);
+      else if (cmd === 'memory') await memoryCommand(db, args, config, out);
       else tasksCommand(db, args, config, out);
     } finally {
       db.close();

@@ -325,6 +325,10 @@ export function openDb(file: string) {
       "UPDATE runs SET status = 'error', error = 'orchestrator stopped', ended_at = ? WHERE status = 'running'",
     ),
     recentRuns: db.prepare('SELECT * FROM runs ORDER BY id DESC LIMIT ?'),
+    costSince: db.prepare('SELECT coalesce(sum(cost_usd), 0) AS c FROM runs WHERE group_folder = ? AND started_at >= ?'),
+    recentWakers: db.prepare(
+      'SELECT count(*) AS n FROM messages WHERE chat_jid = ? AND sender = ? AND at > ? AND may_wake = 1 AND from_me = 0',
+    ),
   };
 
   const enqueueReply = db.transaction(
@@ -526,6 +530,14 @@ export function openDb(file: string) {
     },
     recentRuns(limit = 20): RunRow[] {
       return (q.recentRuns.all(limit) as Row[]).map(toRun);
+    },
+    /** What a group's runs cost since `since` (their start). */
+    costSince(folder: string, since: number): number {
+      return num((q.costSince.get(folder, since) as Row).c);
+    },
+    /** Messages from `sender` in the chat since `since` that could wake the agent. */
+    recentWakers(chatJid: string, sender: string, since: number): number {
+      return num((q.recentWakers.get(chatJid, sender, since) as Row).n);
     },
   };
 }

@@ -38,7 +38,16 @@ export interface GroupQueueDeps {
 type Entry =
   | { state: 'waiting' }
   | { state: 'retrying'; timer: unknown }
-  | { state: 'live'; agent: LiveAgent; idle: boolean; lastActive: number; closing: boolean; again: boolean };
+  | {
+      state: 'live';
+      agent: LiveAgent;
+      idle: boolean;
+      lastActive: number;
+      closing: boolean;
+      again: boolean;
+      /** Ended on request (/stop, /new): its outcome is not a failure to retry. */
+      ended: boolean;
+    };
 
 export interface QueueSnapshot {
   live: { key: string; idle: boolean }[];
@@ -64,6 +73,7 @@ export function createGroupQueue(deps: GroupQueueDeps) {
       lastActive: deps.now(),
       closing: false,
       again: false,
+      ended: false,
     };
     entries.set(key, entry);
     const hooks: AgentHooks = {
@@ -85,8 +95,8 @@ export function createGroupQueue(deps: GroupQueueDeps) {
       return;
     }
     entry.agent.done.then(
-      (outcome) => finished(key, outcome, entry.again),
-      (err: unknown) => finished(key, { ok: false, error: String(err) }, entry.again),
+      (outcome) => finished(key, entry.ended ? { ok: true } : outcome, entry.again),
+      (err: unknown) => finished(key, entry.ended ? { ok: true } : { ok: false, error: String(err) }, entry.again),
     );
   }
 
@@ -188,6 +198,23 @@ export function createGroupQueue(deps: GroupQueueDeps) {
         if (e.state !== 'live') entries.delete(key);
       }
       await Promise.all(done);
+    },
+    /** Ends one group's agent on request: killed now (`/stop`) or closed after its turn (`/new`);
+     * either way not retried. False when it has none. */
+    end(key: string, how: 'kill' | 'close'): boolean {
+      const e = entries.get(key);
+      if (e?.state === 'retrying') {
+        deps.clearTimer(e.timer);
+        entries.delete(key);
+        tries.delete(key);
+        return true;
+      }
+      if (e?.state !== 'live') return false;
+      e.ended = true;
+      e.closing = true;
+      if (how === 'kill') e.agent.kill();
+      else e.agent.close();
+      return true;
     },
     /** After a bounded stop: kills whatever is still live. */
     kill(): void {

@@ -59,6 +59,9 @@ export interface OrchestratorDeps {
   egress?: { resolve?: Resolve; dial?: Egress['dial']; testAddresses?: readonly string[] };
 }
 
+/** `/new` or `/stop`, alone or after a trigger word. */
+const COMMAND = /^(?:@[\p{L}\p{N}_-]+[\s,:]*)?\/(new|stop)$/iu;
+
 /** Queue keys of isolated task runs (the group's chat key is its jid). */
 const TASK_RUN = 'task-run:';
 
@@ -198,6 +201,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
           ok: false,
           error: `chat ${c.task.chatJid} is no longer registered`,
         });
+      } else if (c.task.contextMode === 'isolated' && overDailyBudget(c.task.groupFolder)) {
+        finishTaskRun(c.runId, c.task, { ok: false, error: 'daily budget reached' });
       } else if (c.task.contextMode === 'isolated') {
         const key = `${TASK_RUN}${c.runId}`;
         isolated.set(key, c);
@@ -288,8 +293,50 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       notice(jid, NO_CREDENTIAL_NOTICE);
       return;
     }
+    const over = overDailyBudget(group.folder);
+    if (over) {
+      // Answered with the one line, not kept for tomorrow; a scheduled prompt among them fails.
+      const upTo = db.latestMessageId(jid);
+      settleChatRuns(jid, upTo, { ok: false, error: 'daily budget reached' });
+      db.enqueueReply({ chatJid: jid, text: over, cursor: upTo, now: now() });
+      outbox.kick();
+      return;
+    }
     queue.enqueue(jid);
   }
+
+  /** The one-line answer while a group is over DAILY_COST_USD today (in TIMEZONE), if it is. */
+  function overDailyBudget(folder: string): string | undefined {
+    const budget = config.dailyCostUsd;
+    if (budget === undefined) return undefined;
+    const t = now();
+    const p = new Intl.DateTimeFormat('en-US', {
+      timeZone: config.timezone,
+      hourCycle: 'h23',
+      hour: 'numeric',
+      minute: 'numeric',
+      second: 'numeric',
+    }).formatToParts(t);
+    const n = (k: string) => Number(p.find((x) => x.type === k)?.value ?? 0);
+    const midnight = t - ((n('hour') * 60 + n('minute')) * 60 + n('second')) * 1000 - (t % 1000);
+    if (db.costSince(folder, midnight) < budget) return undefined;
+    return `Today's budget of $${budget} (DAILY_COST_USD) is used up: I will answer again tomorrow.`;
+  }
+
+  /** `/new` and `/stop`, from someone who may wake the agent; answered with one line. */
+  function command(group: Group, name: string, messageId: number): void {
+    db.advanceCursor(group.jid, messageId);
+    if (name === 'stop') {
+      notice(group.jid, queue.end(group.jid, 'kill') ? 'Stopped.' : 'Nothing was running.');
+      return;
+    }
+    db.clearSession(group.folder);
+    queue.end(group.jid, 'close');
+    notice(group.jid, 'Started a new session: the earlier conversation is behind me, my notes are not.');
+  }
+
+  /** Who was told they are over SENDER_RATE_PER_MIN, and when (chat and sender). */
+  const toldRate = new Map<string, number>();
 
   let intake = true;
   function ingest(m: InboundMessage): IngestResult {
@@ -300,9 +347,31 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       db.upsertChat(m.chatJid, m.chatName, m.chatJid.split(':')[0] ?? '', m.at);
       return { stored: false, reason: `chat ${m.chatJid} is not registered` };
     }
-    const { id, inserted } = db.insertMessage({ ...m, isBot: m.isBot ?? false, fromMe: m.fromMe ?? false });
-    if (inserted && !m.fromMe && needsWake([m], group)) route(m.chatJid);
-    return { stored: true, id, duplicate: !inserted };
+    // Past SENDER_RATE_PER_MIN a member's messages are stored but never wake the agent (main
+    // chats are the owner's and exempt); the sender is told once a minute at most.
+    const overRate =
+      !group.isMain &&
+      !m.fromMe &&
+      m.mayWake !== false &&
+      db.recentWakers(m.chatJid, m.sender, m.at - 60_000) >= config.senderRatePerMin;
+    const { id, inserted } = db.insertMessage({
+      ...m,
+      isBot: m.isBot ?? false,
+      fromMe: m.fromMe ?? false,
+      ...(overRate ? { mayWake: false } : {}),
+    });
+    const result = { stored: true as const, id, duplicate: !inserted };
+    if (!inserted || m.fromMe) return result;
+    const cmd = m.mayWake !== false && !overRate ? COMMAND.exec(m.text.trim())?.[1]?.toLowerCase() : undefined;
+    if (cmd) command(group, cmd, id);
+    else if (overRate) {
+      const key = `${m.chatJid} ${m.sender}`;
+      if (now() - (toldRate.get(key) ?? 0) >= 60_000) {
+        toldRate.set(key, now());
+        notice(m.chatJid, `${m.senderName}, that is more than ${config.senderRatePerMin} messages a minute: I will not answer the rest of them.`);
+      }
+    } else if (needsWake([m], group)) route(m.chatJid);
+    return result;
   }
 
   const web: WebChannel = createWebChannel({
