@@ -81,7 +81,7 @@ export function ensureGroupFolder(config: Config, folder: string, isMain: boolea
   const p = groupPaths(config, folder);
   for (const [dir, template] of [
     [p.global, 'global'],
-    [p.group, isMain ? 'main' : undefined],
+    [p.group, isMain ? 'main' : 'group'],
   ] as const) {
     mkdirSync(dir, { recursive: true });
     if (lstatSync(dir).isSymbolicLink()) throw new Error(`${dir} is a symlink: refusing to use it`);
