@@ -9,7 +9,7 @@
 // mid-turn, or wait for a turn of their own), and the cursor moves past those; a turn that ends
 // without any text still marks its batches processed.
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { SDKMessage, SDKUserMessage, SpawnOptions } from '@anthropic-ai/claude-agent-sdk';
 import { nanoclawServer, type ToolContext } from './agent-tools.js';
@@ -412,7 +412,26 @@ export function startAgentSession(
           ...(config.model ? { model: config.model } : {}),
           env: {},
           settingSources: ['project'],
-          settings: { skipWebFetchPreflight: true },
+          settings: { skipWebFetchPreflight: true, autoMemoryEnabled: true },
+          hooks: {
+            PreCompact: [
+              {
+                hooks: [
+                  async (input) => {
+                    archiveTranscript(
+                      p,
+                      input.transcript_path,
+                      input.session_id,
+                      deps.now(),
+                      log,
+                      group.folder,
+                    );
+                    return {};
+                  },
+                ],
+              },
+            ],
+          },
           // Claude Code's own schedulers die with its session; tasks go through schedule_task.
           disallowedTools: ['CronCreate', 'CronList', 'CronDelete', 'ScheduleWakeup'],
           permissionMode: 'bypassPermissions',
@@ -455,6 +474,55 @@ export function startAgentSession(
     kill,
     done: run(),
   };
+}
+
+/**
+ * Before Claude Code compacts a session, its transcript is kept as readable Markdown in the group
+ * folder (`conversations/<date>-<session>.md`), so what was said survives the summary. The path
+ * the CLI names is a guest path: only one under the group's Claude home is read. Written with
+ * O_EXCL (never through a planted link) into a `conversations` directory that is not a symlink.
+ */
+export function archiveTranscript(
+  p: { group: string; home: string },
+  guestPath: string,
+  sessionId: string,
+  now: number,
+  log: Logger,
+  folder: string,
+): void {
+  const rel = path.posix.relative(GUEST.home, guestPath);
+  if (rel.startsWith('..') || path.isAbsolute(rel)) return;
+  try {
+    const lines: string[] = [];
+    for (const line of readFileSync(path.join(p.home, rel), 'utf8').split('\n')) {
+      let entry: { type?: string; message?: { content?: unknown } };
+      try {
+        entry = JSON.parse(line);
+      } catch {
+        continue; // a partial or foreign line: skipped
+      }
+      if (entry.type !== 'user' && entry.type !== 'assistant') continue;
+      const content = entry.message?.content;
+      const text =
+        typeof content === 'string'
+          ? content
+          : Array.isArray(content)
+            ? content
+                .flatMap((b: { type?: string; text?: string }) =>
+                  b.type === 'text' && b.text ? [b.text] : [],
+                )
+                .join('\n')
+            : '';
+      if (text.trim()) lines.push(`**${entry.type === 'user' ? 'Chat' : 'Assistant'}:** ${text.trim()}\n`);
+    }
+    const dir = path.join(p.group, 'conversations');
+    mkdirSync(dir, { recursive: true });
+    if (lstatSync(dir).isSymbolicLink()) throw new Error('conversations/ is a symlink');
+    const name = `${new Date(now).toISOString().slice(0, 10)}-${sessionId.slice(0, 8)}-${now}.md`;
+    writeFileSync(path.join(dir, name), `# Conversation ${sessionId}\n\n${lines.join('\n')}`, { flag: 'wx' });
+  } catch (err) {
+    log.warn(`group ${folder}: transcript not archived: ${(err as Error).message}`);
+  }
 }
 
 function resultError(msg: Extract<SDKMessage, { type: 'result' }>): string {

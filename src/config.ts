@@ -178,6 +178,7 @@ const schema = z.object({
     .default('info'),
   CLAUDE_CODE_MAX_RETRIES: int('CLAUDE_CODE_MAX_RETRIES', 0, 100).optional(),
   API_TIMEOUT_MS: int('API_TIMEOUT_MS', 1000, 2 ** 31 - 1).optional(),
+  CLAUDE_CODE_AUTO_COMPACT_WINDOW: int('CLAUDE_CODE_AUTO_COMPACT_WINDOW', 1000, 10_000_000).optional(),
   SANDBOX_CA_CERTS: z
     .string()
     .regex(/^\/[^\0\n]*$/, 'SANDBOX_CA_CERTS must be an absolute path inside the sandbox')
@@ -281,6 +282,9 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
         ? { CLAUDE_CODE_MAX_RETRIES: String(v.CLAUDE_CODE_MAX_RETRIES) }
         : {}),
       ...(v.API_TIMEOUT_MS !== undefined ? { API_TIMEOUT_MS: String(v.API_TIMEOUT_MS) } : {}),
+      ...(v.CLAUDE_CODE_AUTO_COMPACT_WINDOW !== undefined
+        ? { CLAUDE_CODE_AUTO_COMPACT_WINDOW: String(v.CLAUDE_CODE_AUTO_COMPACT_WINDOW) }
+        : {}),
       ...(v.SANDBOX_CA_CERTS !== undefined ? { NODE_EXTRA_CA_CERTS: v.SANDBOX_CA_CERTS } : {}),
     }),
   });

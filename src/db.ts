@@ -325,7 +325,9 @@ export function openDb(file: string) {
       "UPDATE runs SET status = 'error', error = 'orchestrator stopped', ended_at = ? WHERE status = 'running'",
     ),
     recentRuns: db.prepare('SELECT * FROM runs ORDER BY id DESC LIMIT ?'),
-    costSince: db.prepare('SELECT coalesce(sum(cost_usd), 0) AS c FROM runs WHERE group_folder = ? AND started_at >= ?'),
+    costSince: db.prepare(
+      'SELECT coalesce(sum(cost_usd), 0) AS c FROM runs WHERE group_folder = ? AND started_at >= ?',
+    ),
     recentWakers: db.prepare(
       'SELECT count(*) AS n FROM messages WHERE chat_jid = ? AND sender = ? AND at > ? AND may_wake = 1 AND from_me = 0',
     ),

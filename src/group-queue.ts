@@ -96,7 +96,8 @@ export function createGroupQueue(deps: GroupQueueDeps) {
     }
     entry.agent.done.then(
       (outcome) => finished(key, entry.ended ? { ok: true } : outcome, entry.again),
-      (err: unknown) => finished(key, entry.ended ? { ok: true } : { ok: false, error: String(err) }, entry.again),
+      (err: unknown) =>
+        finished(key, entry.ended ? { ok: true } : { ok: false, error: String(err) }, entry.again),
     );
   }
 

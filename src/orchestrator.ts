@@ -36,6 +36,7 @@ import {
   parseAllowlist,
 } from './mounts.js';
 import { createOutbox } from './outbox.js';
+import { commitFolder } from './provenance.js';
 import { needsWake, triggerFor } from './router.js';
 import { sandboxFor } from './sandbox/detect.js';
 import type { Mount, Sandbox } from './sandbox/index.js';
@@ -191,6 +192,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     }
   }
   const isolated = new Map<string, Claimed>();
+  /** Provenance commits in flight: stop waits for them. */
+  const commits = new Set<Promise<unknown>>();
   const scheduler = startScheduler({
     store: tasks,
     now,
@@ -260,6 +263,17 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
           working: (chatJid, w) => channels.find((c) => c.owns(chatJid))?.setWorking(chatJid, w),
           tools: toolsFor,
           turnDone: (t) => {
+            // What the run changed in the folder goes into its history, outside the sandbox.
+            if (group) {
+              const commit = commitFolder(
+                config,
+                group.folder,
+                `run in ${jid}${t.error ? ` (failed: ${t.error})` : ''}`,
+              )
+                .catch((err: Error) => log.warn(`group ${group.folder}: provenance: ${err.message}`))
+                .finally(() => commits.delete(commit));
+              commits.add(commit);
+            }
             if (claimed) {
               isolated.delete(key);
               const r = t.error ? { ok: false, error: t.error } : { ok: true, result: summary(t.text) };
@@ -362,13 +376,17 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     });
     const result = { stored: true as const, id, duplicate: !inserted };
     if (!inserted || m.fromMe) return result;
-    const cmd = m.mayWake !== false && !overRate ? COMMAND.exec(m.text.trim())?.[1]?.toLowerCase() : undefined;
+    const cmd =
+      m.mayWake !== false && !overRate ? COMMAND.exec(m.text.trim())?.[1]?.toLowerCase() : undefined;
     if (cmd) command(group, cmd, id);
     else if (overRate) {
       const key = `${m.chatJid} ${m.sender}`;
       if (now() - (toldRate.get(key) ?? 0) >= 60_000) {
         toldRate.set(key, now());
-        notice(m.chatJid, `${m.senderName}, that is more than ${config.senderRatePerMin} messages a minute: I will not answer the rest of them.`);
+        notice(
+          m.chatJid,
+          `${m.senderName}, that is more than ${config.senderRatePerMin} messages a minute: I will not answer the rest of them.`,
+        );
       }
     } else if (needsWake([m], group)) route(m.chatJid);
     return result;
@@ -465,6 +483,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       await bounded(outbox.flush());
       outbox.stop();
       await bounded(sandbox.close?.() ?? Promise.resolve());
+      await bounded(Promise.all([...commits]));
       for (const c of channels) await c.close();
       db.close();
     },

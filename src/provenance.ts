@@ -2,7 +2,7 @@
 // at data/provenance/<folder>.git, outside every sandbox, so the owner can see and undo what the
 // agent changed. The folder is git's work tree (`--work-tree`), but no `.git` is ever created in it:
 // an agent that could reach the history could rewrite it.
-import { type ExecFileOptionsWithStringEncoding, execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { folderProblem, groupPaths, type HostPaths } from './mounts.js';
@@ -21,77 +21,77 @@ const MAX_OUTPUT = 64 * 1024 * 1024;
 // agent rewrites on every run (a database, a download) would grow data/ by its size each time. The
 // commit message names what was skipped, so the owner knows it cannot be restored.
 const MAX_FILE_BYTES = 10 * 1024 * 1024;
-const EMPTY_TREE = '4b825dc642cb6eb9a060e54bf8d69288fbee4904';
-// No system or user config (HOME is not passed either): only the repository's own, which we wrote.
-const ENV = {
-  LC_ALL: 'C',
-  GIT_CONFIG_NOSYSTEM: '1',
-  GIT_CONFIG_GLOBAL: '/dev/null',
-  GIT_TERMINAL_PROMPT: '0',
-};
-const WHO = { NAME: 'NanoClaw', EMAIL: 'nanoclaw@localhost' };
+// No system or user config (and no HOME): git reads only the repository's own, which we wrote.
+const ENV = { LC_ALL: 'C', GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null' };
 
-// One promise chain per repository, so two commits (or a commit and a restore) of one folder never
-// interleave in its index. Module-level on purpose: every caller in the process must share it.
+// One promise chain per repository, so no two git calls on one folder's history interleave (and a
+// lock a killed git left behind is ours to remove). Module-level: every caller must share it.
 const chains = new Map<string, Promise<unknown>>();
 
-function repo(paths: HostPaths, folder: string): Repo {
-  const problem = folderProblem(folder);
-  if (problem) throw new ProvenanceError(problem);
+/** Runs `fn` on the folder's repository after every earlier call on it; classifies what it throws. */
+function locked<T>(paths: HostPaths, folder: string, fn: (r: Repo) => Promise<T>): Promise<T> {
   const gitDir = path.join(paths.dataDir, 'provenance', `${folder}.git`);
-  return { gitDir, workTree: groupPaths(paths, folder).group, folder };
+  const r = { gitDir, workTree: groupPaths(paths, folder).group, folder };
+  const problem = folderProblem(folder);
+  if (problem) return Promise.reject(new ProvenanceError(problem));
+  const run = (chains.get(gitDir) ?? Promise.resolve()).then(() => fn(r));
+  const settled = run.catch(() => undefined); // a failure must not block the next call
+  chains.set(gitDir, settled);
+  return run.catch((e: Error) => {
+    throw e instanceof ProvenanceError ? e : new ProvenanceError(`${folder}: ${e.message}`, { cause: e });
+  });
 }
 
-/** Runs git on `r`; with `tolerate`, a plain failure (a missing ref or path) gives ''. */
-function git(r: Repo, args: string[], opts: { date?: number; tolerate?: boolean } = {}): Promise<string> {
+/** Runs git on `r` (committing at `date`, if given); its stdout. */
+function git(r: Repo, args: string[], date?: number): Promise<string> {
   const env: Record<string, string> = { ...ENV, PATH: process.env.PATH ?? '/usr/bin:/bin' };
   for (const role of ['AUTHOR', 'COMMITTER']) {
-    Object.assign(env, { [`GIT_${role}_NAME`]: WHO.NAME, [`GIT_${role}_EMAIL`]: WHO.EMAIL });
-    if (opts.date !== undefined) env[`GIT_${role}_DATE`] = `${Math.floor(opts.date / 1000)} +0000`;
+    Object.assign(env, { [`GIT_${role}_NAME`]: 'NanoClaw', [`GIT_${role}_EMAIL`]: 'nanoclaw@localhost' });
+    if (date !== undefined) env[`GIT_${role}_DATE`] = `${Math.floor(date / 1000)} +0000`;
   }
-  // cwd /: pathspecs are relative to the cwd when it lies inside the work tree. Detached: its own
-  // process group, so a kill reaches `gc --auto` too, which runs in the foreground for that reason.
-  const options = { env, cwd: '/', encoding: 'utf8', timeout: TIMEOUT_MS, killSignal: 'SIGKILL' };
-  const all = { ...options, maxBuffer: MAX_OUTPUT, detached: true } as ExecFileOptionsWithStringEncoding;
+  // cwd /: pathspecs are relative to the cwd when it lies inside the work tree. Detached: git gets
+  // its own process group, so a kill reaches `gc --auto` too (run in the foreground for that reason).
   const argv = [`--git-dir=${r.gitDir}`, '-c', 'gc.autoDetach=false', '-c', 'core.quotePath=false'];
   if (args[0] !== 'init') argv.push(`--work-tree=${r.workTree}`);
+  argv.push(...args);
+  const child = spawn('git', argv, { env, cwd: '/', detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  let killed = ''; // why we killed it
+  const kill = (why: string) => {
+    killed ||= why;
+    try {
+      if (child.pid) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // the group is gone already: nothing left to kill
+    }
+  };
+  const timer = setTimeout(() => kill(`killed after ${TIMEOUT_MS / 1000} s`), TIMEOUT_MS);
+  child.stdout.setEncoding('utf8').on('data', (s: string) => {
+    stdout += s;
+    if (stdout.length > MAX_OUTPUT) kill(`killed: more than ${MAX_OUTPUT} characters of output`);
+  });
+  child.stderr.setEncoding('utf8').on('data', (s: string) => {
+    stderr = (stderr + s).slice(-65_536); // its last lines say why it failed
+  });
   return new Promise((resolve, reject) => {
-    const child = execFile('git', [...argv, ...args], all, (err, stdout, stderr) => {
-      if (!err) return resolve(stdout);
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        return reject(new ProvenanceError('git is not installed: apt-get install -y git', { cause: err }));
-      }
-      if (err.killed && child.pid) {
-        try {
-          process.kill(-child.pid, 'SIGKILL');
-        } catch {} // the group is already gone
-        // A killed git leaves its index lock behind, which would refuse every later commit.
-        void rm(path.join(r.gitDir, 'index.lock'), { force: true });
-      } else if (opts.tolerate) return resolve('');
-      const lines = stderr.trim().split('\n');
-      const why = err.killed
-        ? `killed after ${TIMEOUT_MS / 1000} s or ${MAX_OUTPUT} bytes of output`
-        : (lines.find((l) => /^(fatal|error):/.test(l)) ?? lines[0] ?? err.message);
-      reject(new ProvenanceError(`git ${args[0]} (${r.folder}): ${why}`, { cause: err }));
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      const why = err.code === 'ENOENT' ? 'git is not installed: apt-get install git' : `git: ${err.message}`;
+      reject(new ProvenanceError(why, { cause: err }));
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (code === 0 && !killed) return resolve(stdout);
+      // A killed git leaves its index lock behind, which would refuse every later call.
+      if (killed) rm(path.join(r.gitDir, 'index.lock'), { force: true }).catch(() => undefined);
+      const why = killed || (stderr.split('\n').find((l) => /^(fatal|error):/.test(l)) ?? `exit ${code}`);
+      reject(new ProvenanceError(`git ${args[0]} (${r.folder}): ${why}`));
     });
   });
 }
 
 const exists = (p: string) => lstat(p).then(Boolean, () => false);
-/** The newest commit, or undefined in an empty repository (rev-list says so without failing). */
-const head = async (r: Repo) => (await git(r, ['rev-list', '--max-count=1', '--all'])).trim() || undefined;
-
-/** Serializes `fn` per repository and classifies whatever it throws. */
-function locked<T>(r: Repo, fn: () => Promise<T>): Promise<T> {
-  const run = (chains.get(r.gitDir) ?? Promise.resolve()).then(fn);
-  chains.set(
-    r.gitDir,
-    run.catch(() => undefined),
-  ); // a failure must not block the next call
-  return run.catch((e: Error) => {
-    throw e instanceof ProvenanceError ? e : new ProvenanceError(`${r.folder}: ${e.message}`, { cause: e });
-  });
-}
 
 /** What git must not add: files over the limit, and folders that are repositories of their own
  * (git refuses one without a commit, which would stop every later commit). Links are not followed. */
@@ -121,53 +121,49 @@ async function stage(r: Repo): Promise<string[]> {
 
 async function commitNow(r: Repo, message: string, now: number): Promise<string | undefined> {
   const skipped = await stage(r);
-  const changed = await git(r, ['diff', '--cached', '--name-only', (await head(r)) ?? EMPTY_TREE]);
-  if (changed === '') return undefined;
-  const note = skipped.length
-    ? `; not recorded (over 10 MiB or a git repository): ${skipped.join(', ')}`
-    : '';
-  await git(r, ['commit', '--quiet', '--allow-empty-message', '-m', message + note], { date: now });
-  return head(r);
+  // Against HEAD, or against nothing before the first commit.
+  if ((await git(r, ['diff', '--cached', '--name-only'])) === '') return undefined;
+  const note = skipped.length ? `; not recorded (too big, or a repository): ${skipped.join(', ')}` : '';
+  await git(r, ['commit', '--quiet', '--allow-empty-message', '-m', message + note], now);
+  return (await git(r, ['rev-parse', 'HEAD'])).trim();
 }
 
 /** Commits the folder as it is now; the new commit id, or undefined when nothing changed. */
 export function commitFolder(paths: HostPaths, folder: string, message: string, opts: { now?: number } = {}) {
-  const r = repo(paths, folder);
-  return locked(r, () => commitNow(r, message, opts.now ?? Date.now()));
+  return locked(paths, folder, (r) => commitNow(r, message, opts.now ?? Date.now()));
 }
 
 /** The newest `limit` commits, newest first, each with the files it changed. */
 export async function log(paths: HostPaths, folder: string, limit = 20): Promise<Commit[]> {
-  const r = repo(paths, folder);
-  if (!Number.isInteger(limit) || limit < 1)
-    throw new TypeError(`limit must be a whole number ≥ 1: ${limit}`);
-  if (!(await exists(path.join(r.gitDir, 'HEAD'))) || !(await head(r))) return [];
-  const format = '--format=%x1e%H%x1f%at%x1f%s';
-  const out = await git(r, ['log', `--max-count=${limit}`, format, '--name-only', '-z']);
-  return out
-    .split('\x1e')
-    .slice(1)
-    .map((chunk) => {
-      const [header = '', ...files] = chunk.split('\0');
-      const [id = '', at = '0', message = ''] = header.split('\x1f');
-      return { id, at: Number(at) * 1000, message, files: files.map((f) => f.trim()).filter(Boolean) };
-    });
+  if (!Number.isInteger(limit) || limit < 1) throw new TypeError(`limit must be an integer ≥ 1: ${limit}`);
+  // --all, not HEAD: a repository without commits yet then lists nothing instead of failing.
+  const args = ['log', '--all', `--max-count=${limit}`, '--format=%x1e%H%x1f%at%x1f%s', '--name-only', '-z'];
+  const out = await locked(paths, folder, async (r) =>
+    (await exists(path.join(r.gitDir, 'HEAD'))) ? git(r, args) : '',
+  );
+  const commits: Commit[] = [];
+  for (const chunk of out.split('\x1e').slice(1)) {
+    const [header = '', ...files] = chunk.split('\0');
+    const [id = '', at = '0', message = ''] = header.split('\x1f');
+    commits.push({ id, at: Number(at) * 1000, message, files: files.map((f) => f.trim()).filter(Boolean) });
+  }
+  return commits;
 }
 
+/** The full id of commit `rev` (--revs-only prints nothing, and exits 0, for a bad one). */
 async function commitOf(r: Repo, rev: string): Promise<string> {
-  const verify = ['rev-parse', '--quiet', '--verify', `${rev}^{commit}`];
-  const sha = rev.startsWith('-') ? '' : (await git(r, verify, { tolerate: true })).trim();
+  const ok = !rev.startsWith('-') && (await exists(path.join(r.gitDir, 'HEAD')));
+  const sha = ok ? (await git(r, ['rev-parse', '--revs-only', `${rev}^{commit}`])).trim() : '';
   if (!sha) throw new ProvenanceError(`no commit ${rev} in the history of ${r.folder}`);
   return sha;
 }
 
 /** The folder's changes since the last commit, or what commit `rev` changed. */
-export async function diff(paths: HostPaths, folder: string, rev?: string): Promise<string> {
-  const r = repo(paths, folder);
-  if (rev !== undefined) return git(r, ['show', '--format=', '--patch', await commitOf(r, rev)]);
-  return locked(r, async () => {
+export function diff(paths: HostPaths, folder: string, rev?: string): Promise<string> {
+  return locked(paths, folder, async (r) => {
+    if (rev !== undefined) return git(r, ['show', '--format=', '--patch', await commitOf(r, rev)]);
     await stage(r);
-    return git(r, ['diff', '--cached', (await head(r)) ?? EMPTY_TREE]);
+    return git(r, ['diff', '--cached']);
   });
 }
 
@@ -178,19 +174,17 @@ export async function diff(paths: HostPaths, folder: string, rev?: string): Prom
  * writes through one: the tests hold it to that).
  */
 export function restore(paths: HostPaths, folder: string, rev: string, file?: string) {
-  const r = repo(paths, folder);
-  const rel = file === undefined ? '.' : path.posix.normalize(file).replace(/\/+$/, '');
-  if (file !== undefined && /^(\/|\.\.(\/|$)|\.?$)/.test(rel)) {
-    throw new ProvenanceError(`${file} is not a path inside the group folder`);
-  }
-  return locked(r, async () => {
+  return locked(paths, folder, async (r) => {
+    if (file !== undefined && (path.isAbsolute(file) || file.split('/').includes('..') || !file)) {
+      throw new ProvenanceError(`${file} is not a path inside the group folder`);
+    }
     const sha = await commitOf(r, rev);
-    const what = `${rel === '.' ? 'the folder' : rel} to ${sha.slice(0, 12)}`;
-    if (rel !== '.' && !(await git(r, ['cat-file', '-t', `${sha}:${rel}`], { tolerate: true }))) {
-      throw new ProvenanceError(`${rel} is not in commit ${sha.slice(0, 12)} of ${folder}`);
+    const what = `${file ?? 'the folder'} to ${sha.slice(0, 12)}`;
+    if (file !== undefined && !(await git(r, ['ls-tree', sha, '--', file]))) {
+      throw new ProvenanceError(`${file} is not in commit ${sha.slice(0, 12)} of ${folder}`);
     }
     await commitNow(r, `before restoring ${what}`, Date.now());
-    await git(r, ['restore', `--source=${sha}`, '--staged', '--worktree', '--', `:(literal)${rel}`]);
+    await git(r, ['restore', `--source=${sha}`, '--staged', '--worktree', '--', `:(literal)${file ?? '.'}`]);
     return commitNow(r, `restore ${what}`, Date.now());
   });
 }
