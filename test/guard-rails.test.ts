@@ -187,3 +187,18 @@ test('/new starts a fresh session: the next message carries none of the earlier 
     removeHome(app.home);
   }
 });
+
+test('MODEL chooses the model every request of the agent asks for', async () => {
+  const s = fake.script('model', [{ reply: text('from the chosen model') }]);
+  const app = await startApp({ baseUrl: s.baseUrl, env: { MODEL: 'claude-sonnet-4-5' } });
+  try {
+    await app.post('hello');
+    await eventually(() => outbox(app).includes('from the chosen model'), 30_000, 'the answer');
+    const main = s.requests.filter((r) => r.kind === 'main');
+    assert.ok(main.length > 0);
+    for (const r of main) assert.equal(r.model(), 'claude-sonnet-4-5');
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+  }
+});
