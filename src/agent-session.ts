@@ -19,7 +19,7 @@ import type { Db, Group } from './db.js';
 import type { AgentHooks, AgentOutcome, LiveAgent } from './group-queue.js';
 import type { Logger } from './log.js';
 import { GUEST, groupMounts, groupPaths } from './mounts.js';
-import { cleanOutput, formatPrompt, needsWake } from './router.js';
+import { cleanOutput, escapeXml, formatPrompt, needsWake } from './router.js';
 import { type Mount, parseSize, type Sandbox } from './sandbox/index.js';
 
 const MAX_REPLY_CHARS = 40_000;
@@ -92,13 +92,24 @@ class Inbox implements AsyncIterable<SDKUserMessage> {
 }
 
 export function systemPromptFor(config: Config, group: Group): string {
+  // Claude Code loads only the cwd's CLAUDE.md (an import from outside it needs an approval no one
+  // can give here), so the shared notes come with the system prompt, read at each agent start.
+  let shared = '';
+  try {
+    shared = readFileSync(path.join(groupPaths(config, group.folder).global, 'CLAUDE.md'), 'utf8')
+      .slice(0, 20_000)
+      .trim();
+  } catch {
+    shared = ''; // no shared notes yet
+  }
   return [
     `You are ${config.assistantName}, a personal assistant in the chat "${group.name}".`,
     'Chat messages reach you as <messages> with one <message sender="…" time="…"> per message.',
     'Your text replies are sent to the chat as they are written; keep them short and plain.',
     'Wrap anything the chat should not see in <internal>…</internal>.',
     `Your files live in ${GUEST.group} (your working directory, kept between conversations); its CLAUDE.md is your memory.`,
-    `Shared notes are in ${GUEST.global} (read-only).`,
+    `Shared notes are in ${GUEST.global}/CLAUDE.md (${group.isMain ? 'yours to edit: every chat reads them' : 'read-only'}).`,
+    ...(shared ? ['<shared-notes>', escapeXml(shared), '</shared-notes>'] : []),
   ].join('\n');
 }
 

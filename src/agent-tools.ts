@@ -3,7 +3,7 @@
 // argument. Who may do what is one pure function (`authorize`); main-only tools are not offered
 // to other groups, and every handler asks `authorize` anyway. A refusal is a tool error with one
 // line saying why, logged with the group.
-import { lstatSync } from 'node:fs';
+import { lstatSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import type { createSdkMcpServer, tool } from '@anthropic-ai/claude-agent-sdk';
 import { z } from 'zod';
@@ -120,8 +120,15 @@ export function nanoclawServer(
           const own = path.join(ctx.groupsDir, me.folder);
           const rel = path.posix.relative(GUEST.group, path.posix.resolve(GUEST.group, a.file));
           file = path.join(own, rel);
-          const st = lstatSync(file, { throwIfNoEntry: false });
-          if (rel.startsWith('..') || !st?.isFile()) return refuse(`${a.file} is not a file in your folder`);
+          // A real file, reached through no symlink at all (an agent may plant `dir -> /etc`).
+          let real: string | undefined;
+          try {
+            real = realpathSync(file);
+          } catch {
+            real = undefined; // missing: refused below
+          }
+          if (rel.startsWith('..') || real !== file || !lstatSync(file).isFile())
+            return refuse(`${a.file} is not a file in your folder`);
         }
         ctx.db.enqueueReply({
           chatJid: target.jid,

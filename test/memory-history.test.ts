@@ -2,7 +2,7 @@
 // into data/provenance/<folder>.git, and `restore` brings an old file back; before Claude Code
 // compacts a session, the transcript is archived into the group folder.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { log, restore } from '../src/provenance.js';
@@ -83,6 +83,50 @@ test('before a session compacts, its transcript is archived as Markdown in the g
     const archived = readFileSync(path.join(dir, file ?? ''), 'utf8');
     assert.match(archived, /\*\*Chat:\*\* <messages>[\s\S]*what does the garden need\?/);
     assert.match(archived, /\*\*Assistant:\*\* the roses need water/);
+  } finally {
+    await app.stop();
+    removeHome(app.home);
+    await fake.close();
+  }
+});
+
+test("every chat's agent is given the shared notes at the start of its session", async () => {
+  const fake = await startFakeAnthropic();
+  const s = fake.script('default', [{ reply: text('ok') }, { reply: text('ok too') }]);
+  const app = await startApp({ baseUrl: fake.baseUrl });
+  try {
+    appendFileSync(
+      path.join(app.home, 'groups', 'global', 'CLAUDE.md'),
+      '\nThe owner is called Sam & likes <short> answers.\n',
+    );
+    app.orch.db.addGroup(
+      {
+        jid: 'discord:31',
+        name: 'Book club',
+        folder: 'book-club',
+        trigger: '@Krabby',
+        requiresTrigger: false,
+        isMain: false,
+      },
+      Date.now(),
+    );
+    await app.post('hello');
+    app.orch.ingest({
+      chatJid: 'discord:31',
+      chatName: 'Book club',
+      platformId: 'b1',
+      sender: 'discord:5',
+      senderName: 'Ann',
+      text: 'hello',
+      at: Date.now(),
+    });
+    await eventually(() => s.requests.filter((r) => r.kind === 'main').length === 2, 30_000, 'both agents');
+    for (const r of s.requests.filter((x) => x.kind === 'main')) {
+      assert.match(
+        r.systemText(),
+        /<shared-notes>[\s\S]*The owner is called Sam &amp; likes &lt;short&gt; answers\.[\s\S]*<\/shared-notes>/,
+      );
+    }
   } finally {
     await app.stop();
     removeHome(app.home);
