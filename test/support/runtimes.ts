@@ -7,6 +7,21 @@
 import { DIALECTS, imageProblem, runtimeEnv, sdkClaudeCodeVersion } from '../../src/sandbox/container.js';
 import { which } from '../../src/sandbox/detect.js';
 
+/** The agent image with the browser, when the container tier is on (it must then be built). */
+export function browserImageUnderTest(): string | undefined {
+  if (!runtimesUnderTest().includes('podman')) return undefined;
+  const image = 'nanoclaw-agent:browser';
+  const podman = which('podman', process.env.PATH) as string;
+  const problem = imageProblem(
+    DIALECTS.podman,
+    podman,
+    { image, claudeCodeVersion: sdkClaudeCodeVersion() },
+    runtimeEnv(process.env),
+  );
+  if (problem) throw new Error(`NANOCLAW_TEST_PODMAN=1 but ${problem}`);
+  return image;
+}
+
 export type TestRuntime = 'bwrap' | 'podman' | 'docker';
 
 export function runtimesUnderTest(opts: { docker?: boolean } = {}): TestRuntime[] {
