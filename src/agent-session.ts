@@ -373,6 +373,8 @@ export function startAgentSession(
           ? { CLAUDE_CODE_OAUTH_TOKEN: token }
           : { ANTHROPIC_API_KEY: token }),
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
+        // Agent teams (teammates messaging each other) are still experimental in Claude Code.
+        CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS: '1',
         DISABLE_TELEMETRY: '1',
         DISABLE_AUTOUPDATER: '1',
         ...config.cliEnv,

@@ -90,7 +90,7 @@ test('before a session compacts, its transcript is archived as Markdown in the g
   }
 });
 
-test("every chat's agent is given the shared notes at the start of its session", async () => {
+test("every chat's agent is given the shared notes at the start of its session, and auto-memory is on", async () => {
   const fake = await startFakeAnthropic();
   const s = fake.script('default', [{ reply: text('ok') }, { reply: text('ok too') }]);
   const app = await startApp({ baseUrl: fake.baseUrl });
@@ -122,6 +122,11 @@ test("every chat's agent is given the shared notes at the start of its session",
     });
     await eventually(() => s.requests.filter((r) => r.kind === 'main').length === 2, 30_000, 'both agents');
     for (const r of s.requests.filter((x) => x.kind === 'main')) {
+      // Claude Code's auto-memory is on, kept in the group's own Claude home (data/sessions/…).
+      assert.match(
+        r.systemText(),
+        /persistent file-based memory at `\/home\/agent\/\.claude\/projects\/-workspace-group\/memory\/`/,
+      );
       assert.match(
         r.systemText(),
         /<shared-notes>[\s\S]*The owner is called Sam &amp; likes &lt;short&gt; answers\.[\s\S]*<\/shared-notes>/,
