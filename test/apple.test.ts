@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { appleDialect, parseImageLabel, parseList } from '../src/sandbox/apple.js';
 import { type Mount, type RunOptions, SandboxError, type SandboxSpec } from '../src/sandbox/index.js';
+import { envOf, parseRunArgs } from './support/run-args.js';
 
 const PROXY = 'http://192.168.64.1:41234';
 const opts: RunOptions = {
@@ -56,22 +57,7 @@ const ARITY: Readonly<Record<string, number>> = {
   '-e': 1,
 };
 
-function parse(args: readonly string[]) {
-  assert.equal(args[0], 'run');
-  const options: { name: string; args: string[] }[] = [];
-  let i = 1;
-  while (i < args.length && args[i]?.startsWith('-')) {
-    const name = args[i] ?? '';
-    const arity = ARITY[name];
-    assert.ok(arity !== undefined, `unexpected option ${name}`);
-    options.push({ name, args: args.slice(i + 1, i + 1 + arity) });
-    i += 1 + arity;
-  }
-  const values = (name: string) => options.filter((o) => o.name === name).map((o) => o.args[0] ?? '');
-  return { options, values, image: args[i], command: args.slice(i + 1) };
-}
-
-const envOf = (values: string[]) => new Map(values.map((e) => [e.split('=')[0], e] as const));
+const parse = (args: readonly string[]) => parseRunArgs(args, ARITY);
 
 describe('appleDialect.run', () => {
   const out = appleDialect.run(spec, opts);

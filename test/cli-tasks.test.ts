@@ -1,33 +1,12 @@
 // `nanoclaw tasks …` run as users run it (the compiled bin under node, as a child process), on
 // the store of a fresh NANOCLAW_HOME; and a running orchestrator re-arming when the CLI changes one.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { openDb } from '../src/db.js';
 import { taskStore } from '../src/scheduler.js';
-import { eventually, removeHome, startApp, tempHome } from './support/app.js';
+import { eventually, nanoclaw, removeHome, startApp, tempHome } from './support/app.js';
 import { startFakeAnthropic, text } from './support/fake-anthropic.js';
-
-const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
-
-function nanoclaw(
-  home: string,
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      process.execPath,
-      [CLI, ...args],
-      { cwd: home, env: { PATH: process.env.PATH, NANOCLAW_HOME: home }, timeout: 20_000 },
-      (err, stdout, stderr) => {
-        if (err && typeof err.code !== 'number') return reject(err);
-        resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
-      },
-    );
-  });
-}
 
 /** A store with one daily task in the main chat and one finished run of it. */
 function seed(home: string, now: number) {

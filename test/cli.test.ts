@@ -1,45 +1,14 @@
 // The `nanoclaw` CLI contract (DESIGN "Contracts", CLI), run as users run it: the compiled bin
 // under `node`, as a child process, on a fresh NANOCLAW_HOME and with no credentials.
 import assert from 'node:assert/strict';
-import { execFile, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import type { Group } from '../src/db.js';
-import { eventually, removeHome, startApp, tempHome } from './support/app.js';
+import { CLI, type CliRun, eventually, nanoclaw, removeHome, startApp, tempHome } from './support/app.js';
 import { startFakeAnthropic, text } from './support/fake-anthropic.js';
-
-// dist/test/cli.test.js → dist/src/cli.js
-const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI with only PATH and NANOCLAW_HOME in its environment. */
-function nanoclaw(home: string, ...args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      process.execPath,
-      [CLI, ...args],
-      {
-        cwd: home,
-        env: { PATH: process.env.PATH, NANOCLAW_HOME: home },
-        timeout: 20_000,
-        killSignal: 'SIGKILL',
-        maxBuffer: 1024 * 1024,
-      },
-      (err, stdout, stderr) => {
-        if (err && typeof err.code !== 'number') return reject(err);
-        resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
-      },
-    );
-  });
-}
 
 async function groups(home: string): Promise<Group[]> {
   const run = await nanoclaw(home, 'groups', 'list', '--json');
@@ -53,7 +22,7 @@ async function group(home: string, jid: string): Promise<Group> {
   return g;
 }
 
-async function add(home: string, ...args: string[]): Promise<Run> {
+async function add(home: string, ...args: string[]): Promise<CliRun> {
   const run = await nanoclaw(home, 'groups', 'add', ...args);
   assert.equal(run.code, 0, `groups add ${args.join(' ')}: ${run.stderr}`);
   assert.equal(run.stderr, '');

@@ -37,6 +37,7 @@ import {
   type SandboxProcess,
   type SandboxSpec,
 } from '../src/sandbox/index.js';
+import { envOf, parseRunArgs } from './support/run-args.js';
 
 const dirs: string[] = [];
 after(() => {
@@ -100,24 +101,7 @@ const ARITY: Readonly<Record<string, number>> = {
   '-e': 1,
 };
 
-function parse(args: readonly string[]) {
-  assert.equal(args[0], 'run');
-  const options: { name: string; args: string[] }[] = [];
-  let i = 1;
-  while (i < args.length && args[i]?.startsWith('-')) {
-    const name = args[i] ?? '';
-    const arity = ARITY[name];
-    assert.ok(arity !== undefined, `unexpected option ${name}`);
-    const values = args.slice(i + 1, i + 1 + arity);
-    assert.equal(values.length, arity, `${name} is missing its value`);
-    options.push({ name, args: values });
-    i += 1 + arity;
-  }
-  const values = (name: string) => options.filter((o) => o.name === name).map((o) => o.args[0] ?? '');
-  return { options, values, image: args[i], command: args.slice(i + 1) };
-}
-
-const envOf = (values: string[]) => new Map(values.map((e) => [e.split('=')[0], e] as const));
+const parse = (args: readonly string[]) => parseRunArgs(args, ARITY);
 
 describe('dockerRunArgs', () => {
   const out = dockerRunArgs(spec, opts);

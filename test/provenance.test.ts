@@ -1,7 +1,7 @@
 // Provenance of group folders (src/provenance.ts) with the real git on real temp dirs, and the
 // `nanoclaw memory` commands run as users run them: the compiled bin as a child process.
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import {
   existsSync,
   lstatSync,
@@ -14,12 +14,10 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { HostPaths } from '../src/mounts.js';
 import { commitFolder, diff, log, ProvenanceError, restore } from '../src/provenance.js';
-import { removeHome, tempHome } from './support/app.js';
+import { nanoclaw, removeHome, tempHome } from './support/app.js';
 
-const CLI = fileURLToPath(new URL('../src/cli.js', import.meta.url));
 const MiB = 1024 * 1024;
 
 /** A fresh home with an empty groups/main; removed after `fn`. */
@@ -268,26 +266,6 @@ describe('provenance of a group folder', () => {
     }),
   );
 });
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function nanoclaw(home: string, ...args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    execFile(
-      process.execPath,
-      [CLI, ...args],
-      { env: { PATH: process.env.PATH, NANOCLAW_HOME: home }, timeout: 20_000, killSignal: 'SIGKILL' },
-      (err, stdout, stderr) => {
-        if (err && typeof err.code !== 'number') return reject(err);
-        resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
-      },
-    );
-  });
-}
 
 test(
   'nanoclaw memory log, diff and restore show and undo what the agent changed',

@@ -1,6 +1,6 @@
 // Runs the real orchestrator (real SQLite, real bwrap, real Agent SDK) against the fake model,
 // in-process, on a fresh NANOCLAW_HOME; plus small web-chat clients (POST and SSE).
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
@@ -252,6 +252,33 @@ export interface AppProcess {
 
 /** The compiled CLI (dist/src/cli.js), as users run it. */
 export const CLI = fileURLToPath(new URL('../../src/cli.js', import.meta.url));
+
+export interface CliRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the compiled `nanoclaw` bin as users do, with only PATH and NANOCLAW_HOME in its env. */
+export function nanoclaw(home: string, ...args: string[]): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      [CLI, ...args],
+      {
+        cwd: home,
+        env: { PATH: process.env.PATH, NANOCLAW_HOME: home },
+        timeout: 20_000,
+        killSignal: 'SIGKILL',
+        maxBuffer: 1024 * 1024,
+      },
+      (err, stdout, stderr) => {
+        if (err && typeof err.code !== 'number') return reject(err);
+        resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
+      },
+    );
+  });
+}
 
 /** Starts `nanoclaw start` as its own process and waits until the web chat listens. */
 export async function spawnApp(home: string, env: Record<string, string>): Promise<AppProcess> {
