@@ -20,6 +20,7 @@ import {
 import { diff, log, restore } from './provenance.js';
 import { sandboxFor } from './sandbox/detect.js';
 import { describeSchedule, resumeAt, TASKS_CHANGED, type Task, taskStore } from './scheduler.js';
+import { setupCommand } from './setup.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -28,6 +29,9 @@ export class UsageError extends Error {
 const HELP = `nanoclaw — a personal Claude assistant in your chat apps
 
 Usage:
+  nanoclaw setup [--non-interactive] [--anthropic-api-key K | --oauth-token T] [--discord-bot-token T
+        --discord-main-channel ID --discord-owner ID] [--sandbox S] [--build-image] [--service]
+                                      check Node and the sandbox, write .env (0600), register main
   nanoclaw start                      run the assistant (web chat on WEB_HOST:WEB_PORT)
   nanoclaw groups list [--json]       registered chats
   nanoclaw groups add <chat> --name <name> [--folder <folder>] [--trigger <@word>] [--no-trigger] [--main]
@@ -344,6 +348,7 @@ export async function runCli(
       return 0;
     }
     if (cmd === 'doctor') return doctor(env, out, err);
+    if (cmd === 'setup') return await setupCommand(args, { env }, out, err);
     if (cmd !== 'groups' && cmd !== 'tasks' && cmd !== 'memory')
       throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);
