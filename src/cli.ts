@@ -20,6 +20,7 @@ import {
 import { diff, log, restore } from './provenance.js';
 import { sandboxFor } from './sandbox/detect.js';
 import { describeSchedule, resumeAt, TASKS_CHANGED, type Task, taskStore } from './scheduler.js';
+import { logsCommand, serviceCommand } from './service.js';
 import { setupCommand } from './setup.js';
 
 export class UsageError extends Error {
@@ -51,6 +52,10 @@ Usage:
                                       changes since the last commit, or what one commit changed
   nanoclaw memory restore <chat|folder> <commit> [<file>]
                                       bring back the folder (or one file) as it was; undoable
+  nanoclaw service install|uninstall|status
+                                      a systemd user unit (Linux) or launchd agent (macOS) that
+                                      restarts on failure and logs to logs/nanoclaw{,.error}.log
+  nanoclaw logs [<chat|folder>] [-f]  the service's log, of one group, or followed
   nanoclaw doctor                     check the configuration, the sandbox runtime and the store
   nanoclaw --help
 
@@ -348,7 +353,30 @@ export async function runCli(
       return 0;
     }
     if (cmd === 'doctor') return doctor(env, out, err);
-    if (cmd === 'setup') return await setupCommand(args, { env }, out, err);
+    if (cmd === 'setup') {
+      const config = loadConfig(env);
+      const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
+      return await setupCommand(
+        args,
+        { env, installService: () => serviceCommand(['install'], service, out, err) },
+        out,
+        err,
+      );
+    }
+    if (cmd === 'service') {
+      const config = loadConfig(env);
+      const ctx = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
+      return await serviceCommand(args, ctx, out, err);
+    }
+    if (cmd === 'logs') {
+      const config = loadConfig(env);
+      const db = openDb(path.join(config.storeDir, 'messages.db'));
+      try {
+        return await logsCommand(args, { home: config.home, group: (r) => findGroup(db, r) }, out, err);
+      } finally {
+        db.close();
+      }
+    }
     if (cmd !== 'groups' && cmd !== 'tasks' && cmd !== 'memory')
       throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);

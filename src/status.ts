@@ -1,0 +1,119 @@
+// `nanoclaw status`: channels, agents, queue, next tasks and today's runs. Agents and the queue
+// live in the orchestrator's memory, so they come from its GET /api/status (2 s timeout); when no
+// orchestrator answers, the rest comes from the store. Today's runs always come from the store:
+// the API carries only the 20 most recent runs.
+import { z } from 'zod';
+import type { Config } from './config.js';
+import type { Db } from './db.js';
+import { taskStore } from './scheduler.js';
+
+const str = z.string();
+const apiSchema = z.object({
+  groups: z.array(z.object({ chat: str, name: str, folder: str, main: z.boolean() })),
+  queue: z.object({
+    live: z.array(z.object({ key: str, idle: z.boolean() })),
+    waiting: z.array(str),
+    retrying: z.array(str),
+  }),
+  outboxPending: z.number(),
+  nextTasks: z.array(z.object({ id: str, group: str, nextRun: z.number().nullable(), prompt: str })),
+});
+type Api = z.infer<typeof apiSchema>;
+
+/** Local midnight before `t` in `tz`; right on days a DST change moved the clock since midnight. */
+export function startOfDay(t: number, tz: string): number {
+  const fmt = new Intl.DateTimeFormat('en-US', { timeZone: tz, hourCycle: 'h23', timeStyle: 'medium' });
+  const wall = (x: number) => {
+    const [h = 0, m = 0, sec = 0] = fmt.format(x).split(':').map(Number);
+    return ((h * 60 + m) * 60 + sec) * 1000 + (x % 1000);
+  };
+  const guess = t - wall(t);
+  const off = wall(guess); // 0, or the hour the clock jumped: 23:00 (spring) or 01:00 (autumn)
+  return off === 0 ? guess : off > 12 * 3_600_000 ? guess + 86_400_000 - off : guess - off;
+}
+
+/** The orchestrator's figures, or why there are none (`refused`: nothing listens). */
+async function fetchLive(c: Config, f: typeof fetch): Promise<Api | { refused: boolean; why: string }> {
+  const host = ['0.0.0.0', '::', ''].includes(c.webHost) ? '127.0.0.1' : c.webHost;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${c.webPort}/api/status`;
+  const fail = (why: string) => ({ refused: false, why: `${url}: ${why}` });
+  try {
+    // web.ts checks the Host header against the bound name and port; fetch sends exactly that.
+    const res = await f(url, {
+      headers: c.webToken ? { authorization: `Bearer ${c.webToken}` } : {},
+      signal: AbortSignal.timeout(2000),
+    });
+    if (!res.ok) return fail(`HTTP ${res.status} ${(await res.text()).slice(0, 200)}`);
+    const parsed = apiSchema.safeParse(await res.json());
+    return parsed.success ? parsed.data : fail('an answer that is not the status');
+  } catch (e) {
+    const code = (e as { cause?: { code?: string } }).cause?.code;
+    if (code === 'ECONNREFUSED') return { refused: true, why: `nothing listens on ${url}` };
+    return fail((e as Error).name === 'TimeoutError' ? 'no answer in 2 s' : (code ?? (e as Error).message));
+  }
+}
+
+const usd = (n: number) => `$${n.toFixed(4)}`;
+/** The store's next active tasks, shaped as the API lists them. */
+function nextTasks(db: Db) {
+  return taskStore(db)
+    .list()
+    .filter((t) => t.status === 'active')
+    .sort((a, b) => (a.nextRun ?? 0) - (b.nextRun ?? 0))
+    .slice(0, 10)
+    .map((t) => ({ id: t.id, group: t.groupFolder, nextRun: t.nextRun, prompt: t.prompt.slice(0, 100) }));
+}
+
+export async function statusCommand(
+  args: string[],
+  ctx: { config: Config; db: Db; fetch?: typeof fetch; now?: () => number },
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<number> {
+  const bad = args.find((a) => a !== '--json');
+  if (bad !== undefined) {
+    err(`nanoclaw status: unknown argument ${bad}: status takes only --json`);
+    return 1;
+  }
+  const { config, db } = ctx;
+  const live = await fetchLive(config, ctx.fetch ?? fetch);
+  const up = 'queue' in live;
+  const since = startOfDay(ctx.now?.() ?? Date.now(), config.timezone);
+  const runs = db.recentRuns(10_000).filter((r) => r.startedAt >= since);
+  const today = { since, runs: runs.length, costUsd: 0, inputTokens: 0, outputTokens: 0 };
+  for (const r of runs) for (const k of ['costUsd', 'inputTokens', 'outputTokens'] as const) today[k] += r[k];
+  const report = {
+    orchestrator: up ? 'running' : live.refused ? 'not running' : 'not answering',
+    ...(up ? {} : { why: live.why }),
+    // Whether Discord is connected is not in the API (web.ts cannot see it): only whether it is on.
+    channels: { web: up ? 'up' : 'down', discord: config.discordBotToken ? 'configured' : 'off' },
+    groups: up
+      ? live.groups
+      : db.groups().map((g) => ({ chat: g.jid, name: g.name, folder: g.folder, main: g.isMain })),
+    agents: up ? live.queue : null,
+    outboxPending: up ? live.outboxPending : db.outboxPendingCount(),
+    nextTasks: up ? live.nextTasks : nextTasks(db),
+    today,
+  };
+  if (args.includes('--json')) {
+    out(JSON.stringify(report, null, 2));
+    return 0;
+  }
+  const { agents, groups } = report;
+  const from = up ? '' : ` (figures from the store)${live.refused ? '' : `: ${live.why}`}`;
+  out(`orchestrator: ${report.orchestrator}${from}`);
+  out(`channels: web ${report.channels.web}, discord ${report.channels.discord}`);
+  out(`groups: ${groups.length} (${groups.map((g) => `${g.chat}${g.main ? ' main' : ''}`).join(', ')})`);
+  const working = agents?.live.filter((a) => !a.idle).length;
+  out(agents ? `agents: ${agents.live.length} running (${working} working)` : 'agents: none running');
+  if (agents) out(`queue: ${agents.waiting.length} waiting, ${agents.retrying.length} retrying`);
+  out(`outbox: ${report.outboxPending} pending`);
+  out(report.nextTasks.length ? 'next tasks:' : 'next tasks: none');
+  for (const t of report.nextTasks) {
+    const next = t.nextRun === null ? '-' : new Date(t.nextRun).toISOString();
+    out(`  ${t.id}\t${next}\t${t.group}\t${t.prompt.slice(0, 60)}`);
+  }
+  const tokens = `${today.inputTokens} in / ${today.outputTokens} out tokens`;
+  out(`today: ${today.runs} runs, ${usd(today.costUsd)}, ${tokens} (since ${new Date(since).toISOString()})`);
+  return 0;
+}
