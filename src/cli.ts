@@ -22,6 +22,7 @@ import { sandboxFor } from './sandbox/detect.js';
 import { describeSchedule, resumeAt, TASKS_CHANGED, type Task, taskStore } from './scheduler.js';
 import { logsCommand, serviceCommand } from './service.js';
 import { setupCommand } from './setup.js';
+import { statusCommand } from './status.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -56,6 +57,7 @@ Usage:
                                       a systemd user unit (Linux) or launchd agent (macOS) that
                                       restarts on failure and logs to logs/nanoclaw{,.error}.log
   nanoclaw logs [<chat|folder>] [-f]  the service's log, of one group, or followed
+  nanoclaw status [--json]            channels, agents, queue, next tasks, today's runs and cost
   nanoclaw doctor                     check the configuration, the sandbox runtime and the store
   nanoclaw --help
 
@@ -377,11 +379,12 @@ export async function runCli(
         db.close();
       }
     }
-    if (cmd !== 'groups' && cmd !== 'tasks' && cmd !== 'memory')
+    if (cmd !== 'groups' && cmd !== 'tasks' && cmd !== 'memory' && cmd !== 'status')
       throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
+      if (cmd === 'status') return await statusCommand(args, { config, db }, out, err);
       if (cmd === 'groups') groupsCommand(db, args, config, out);
       else if (cmd === 'memory') await memoryCommand(db, args, config, out);
       else tasksCommand(db, args, config, out);
