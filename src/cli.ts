@@ -295,22 +295,34 @@ async function memoryCommand(db: Db, args: string[], config: Config, out: (s: st
   }
 }
 
-/** Checks what `start` needs, one line each; exits 1 if something would stop the start. */
-function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void, err: (s: string) => void): number {
-  const config = loadConfig(env);
-  out(`ok: configuration (home ${config.home}, assistant ${config.assistantName})`);
+/** Checks what `start` needs: one line per check, ✓ or ✗ with the fix; exits 1 on any ✗. */
+function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): number {
   let failed = false;
+  const check = (ok: boolean, line: string) => {
+    out(`${ok ? '✓' : '✗'} ${line}`);
+    if (!ok) failed = true;
+  };
+  const major = Number(process.versions.node.split('.')[0]);
+  check(major >= 20, `Node.js ${process.versions.node}${major >= 20 ? '' : ': install Node.js 20 or newer'}`);
+  let config: Config;
+  try {
+    config = loadConfig(env);
+  } catch (e) {
+    check(false, `configuration: ${(e as Error).message}`);
+    return 1;
+  }
+  check(true, `configuration (home ${config.home}, assistant ${config.assistantName})`);
   try {
     const sandbox = sandboxFor(config, env);
-    out(`ok: sandbox ${sandbox.kind}${sandbox.reason ? ` (${sandbox.reason})` : ''}`);
+    check(true, `sandbox ${sandbox.kind}${sandbox.reason ? ` (${sandbox.reason})` : ''}`);
   } catch (e) {
-    err(`nanoclaw: sandbox: ${(e as Error).message}`);
-    failed = true;
+    check(false, `sandbox: ${(e as Error).message}`);
   }
   const db = openDb(path.join(config.storeDir, 'messages.db'));
   try {
-    out(
-      `ok: store ${path.join(config.storeDir, 'messages.db')} (schema ${SCHEMA_VERSION}, ${db.groups().length} groups)`,
+    check(
+      true,
+      `store ${path.join(config.storeDir, 'messages.db')} (schema ${SCHEMA_VERSION}, ${db.groups().length} groups)`,
     );
   } finally {
     db.close();
@@ -320,18 +332,21 @@ function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void, err: (s: strin
     : config.claudeOauthToken
       ? 'CLAUDE_CODE_OAUTH_TOKEN'
       : undefined;
-  out(
+  check(
+    credential !== undefined,
     credential
-      ? `ok: model credential ${credential}`
-      : 'warn: no model credential: agents answer with a notice until ANTHROPIC_API_KEY is set',
+      ? `model credential ${credential}`
+      : 'model credential: none, so agents only answer with a notice: put ANTHROPIC_API_KEY=… in .env (or run nanoclaw setup)',
   );
-  out(
+  check(
+    true,
     config.discordBotToken
-      ? `ok: Discord configured (${config.discordApiUrl})`
-      : 'info: Discord off (no DISCORD_BOT_TOKEN)',
+      ? `Discord configured (${config.discordApiUrl})`
+      : 'Discord off (no DISCORD_BOT_TOKEN)',
   );
-  out(
-    `ok: web chat on http://${config.webHost}:${config.webPort}/${config.webToken ? ' (token required)' : ''}`,
+  check(
+    true,
+    `web chat on http://${config.webHost}:${config.webPort}/${config.webToken ? ' (token required)' : ''}`,
   );
   return failed ? 1 : 0;
 }
@@ -354,7 +369,7 @@ export async function runCli(
       await main();
       return 0;
     }
-    if (cmd === 'doctor') return doctor(env, out, err);
+    if (cmd === 'doctor') return doctor(env, out);
     if (cmd === 'setup') {
       const config = loadConfig(env);
       const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };

@@ -370,17 +370,39 @@ describe('groups set --egress', () => {
 });
 
 describe('doctor', () => {
-  test('reports the configuration, the sandbox and why, and the store; exits 0 when start would work', () => {
+  test('marks every check ✓ or ✗; exits 0 when everything passes', () => {
+    const home = tempHome();
+    try {
+      const r = spawnSync(process.execPath, [CLI, 'doctor'], {
+        env: {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
+          NANOCLAW_HOME: home,
+          ANTHROPIC_API_KEY: 'sk-ant-x',
+        },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stdout + r.stderr);
+      for (const line of r.stdout.trim().split('\n')) assert.match(line, /^✓ /);
+      assert.match(r.stdout, /^✓ sandbox bwrap \(SANDBOX=auto: .*creates namespaces/m);
+      assert.match(r.stdout, /^✓ store .*messages\.db \(schema \d+, 1 groups\)$/m);
+      assert.match(r.stdout, /^✓ model credential ANTHROPIC_API_KEY$/m);
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  test('a missing credential is a ✗ with its fix in one line, and doctor exits 1', () => {
     const home = tempHome();
     try {
       const r = spawnSync(process.execPath, [CLI, 'doctor'], {
         env: { PATH: process.env.PATH ?? '/usr/bin:/bin', NANOCLAW_HOME: home },
         encoding: 'utf8',
       });
-      assert.equal(r.status, 0, r.stderr);
-      assert.match(r.stdout, /^ok: sandbox bwrap \(SANDBOX=auto: .*creates namespaces/m);
-      assert.match(r.stdout, /^ok: store .*messages\.db \(schema \d+, 1 groups\)$/m);
-      assert.match(r.stdout, /^warn: no model credential/m);
+      assert.equal(r.status, 1);
+      const bad = r.stdout.split('\n').filter((l) => l.startsWith('✗'));
+      assert.deepEqual(bad, [
+        '✗ model credential: none, so agents only answer with a notice: put ANTHROPIC_API_KEY=… in .env (or run nanoclaw setup)',
+      ]);
     } finally {
       removeHome(home);
     }
@@ -394,9 +416,9 @@ describe('doctor', () => {
         encoding: 'utf8',
       });
       assert.equal(r.status, 1);
-      const lines = r.stderr.trim().split('\n');
-      assert.equal(lines.length, 1, r.stderr);
-      assert.match(lines[0] ?? '', /^nanoclaw: sandbox: .*apt-get install -y bubblewrap/);
+      const bad = r.stdout.split('\n').filter((l) => l.startsWith('✗'));
+      assert.ok(bad.length >= 1, r.stdout);
+      assert.match(bad[0] ?? '', /^✗ sandbox: .*apt-get install -y bubblewrap/);
     } finally {
       removeHome(home);
     }

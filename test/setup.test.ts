@@ -64,7 +64,7 @@ test('setup --non-interactive writes .env with mode 0600, registers the Discord 
     db.close();
     const doctor = await nanoclaw(home, 'doctor');
     assert.equal(doctor.code, 0, doctor.stderr);
-    assert.match(doctor.stdout, /ok: model credential ANTHROPIC_API_KEY/);
+    assert.match(doctor.stdout, /^✓ model credential ANTHROPIC_API_KEY$/m);
   } finally {
     removeHome(home);
   }
