@@ -7,11 +7,14 @@ import { startOrchestrator } from './orchestrator.js';
 import { SandboxError } from './sandbox/index.js';
 
 export async function main(): Promise<void> {
-  let log = createLogger('info', (line) => process.stderr.write(line));
+  // Information on stdout, warnings and errors on stderr: the service keeps them in two logs.
+  const sink = (line: string) =>
+    (/^\S+ (warn|error) /.test(line) ? process.stderr : process.stdout).write(line);
+  let log = createLogger('info', sink);
   let orchestrator: Awaited<ReturnType<typeof startOrchestrator>>;
   try {
     const config = loadConfig(process.env);
-    log = createLogger(config.logLevel, (line) => process.stderr.write(line));
+    log = createLogger(config.logLevel, sink);
     orchestrator = await startOrchestrator(config, { log, env: process.env });
   } catch (err) {
     if (err instanceof ConfigError || err instanceof SandboxError || err instanceof ChannelError) {

@@ -246,6 +246,7 @@ export async function eventually<T>(
 export interface AppProcess {
   child: import('node:child_process').ChildProcess;
   port: number;
+  /** Everything it logged (stdout and stderr together). */
   stderr: () => string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
@@ -286,12 +287,14 @@ export async function spawnApp(home: string, env: Record<string, string>): Promi
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env, NANOCLAW_HOME: home },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  // The log: information on stdout, warnings and errors on stderr, kept here as one.
   let err = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (d: string) => {
-    err += d;
-  });
-  child.stdout.resume();
+  for (const stream of [child.stdout, child.stderr]) {
+    stream.setEncoding('utf8');
+    stream.on('data', (d: string) => {
+      err += d;
+    });
+  }
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
