@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { type Db, type Group, planGroup } from './db.js';
 import type { Logger } from './log.js';
 import { GUEST } from './mounts.js';
-import { describeSchedule, parseSchedule, resumeAt, type Task, type TaskStore } from './scheduler.js';
+import { describeSchedule, parseSchedule, type Task, type TaskStore } from './scheduler.js';
 
 export type Action =
   | 'send'
@@ -215,17 +215,10 @@ export function nanoclawServer(
       sdk.tool(name, `${name.split('_')[0]} a scheduled task.`, { task_id: z.string() }, async (a) => {
         const t = ownTask(a.task_id);
         if (typeof t === 'string') return refuse(t);
-        if (name === 'pause_task') ctx.tasks.setStatus(t.id, 'paused', t.nextRun, t.failures);
-        if (name === 'cancel_task') ctx.tasks.setStatus(t.id, 'cancelled', null);
-        if (name === 'resume_task') {
-          const at = resumeAt(t, ctx.now());
-          if (typeof at === 'string') return refuse(`${t.id} cannot resume: ${at}`);
-          ctx.tasks.setStatus(t.id, 'active', at);
-        }
+        const done = ctx.tasks.change(t, name.split('_')[0] as 'pause' | 'resume' | 'cancel', ctx.now());
+        if (!done.ok) return refuse(done.line);
         ctx.scheduleChanged();
-        return ok(
-          `${t.id} ${name === 'pause_task' ? 'paused' : name === 'cancel_task' ? 'cancelled' : 'resumed'}`,
-        );
+        return ok(done.line);
       }),
     ),
   ];

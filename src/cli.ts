@@ -19,7 +19,7 @@ import {
 } from './mounts.js';
 import { diff, log, restore } from './provenance.js';
 import { sandboxFor } from './sandbox/detect.js';
-import { describeSchedule, resumeAt, TASKS_CHANGED, type Task, taskStore } from './scheduler.js';
+import { describeSchedule, TASKS_CHANGED, type Task, taskStore } from './scheduler.js';
 import { logsCommand, serviceCommand } from './service.js';
 import { setupCommand } from './setup.js';
 import { statusCommand } from './status.js';
@@ -249,17 +249,12 @@ function tasksCommand(db: Db, args: string[], config: Config, out: (s: string) =
     return;
   }
   if (t.status === 'cancelled' || t.status === 'done') throw new UsageError(`${t.id} is ${t.status}`);
-  if (sub === 'pause') tasks.setStatus(t.id, 'paused', t.nextRun, t.failures);
-  if (sub === 'cancel') tasks.setStatus(t.id, 'cancelled', null);
-  if (sub === 'resume') {
-    const at = resumeAt(t, Date.now());
-    if (typeof at === 'string') throw new UsageError(`${t.id} cannot resume: ${at}`);
-    tasks.setStatus(t.id, 'active', at);
-  }
+  const done = tasks.change(t, sub as 'pause' | 'resume' | 'cancel', Date.now());
+  if (!done.ok) throw new UsageError(done.line);
   // A running orchestrator watches for this file and re-arms its timer.
   mkdirSync(config.dataDir, { recursive: true });
   writeFileSync(path.join(config.dataDir, TASKS_CHANGED), String(Date.now()));
-  out(`${t.id} ${sub === 'pause' ? 'paused' : sub === 'cancel' ? 'cancelled' : 'resumed'}`);
+  out(done.line);
 }
 
 /** `memory log|diff|restore`: the history of a group folder, kept by src/provenance.ts. */

@@ -40,7 +40,14 @@ import { commitFolder } from './provenance.js';
 import { needsWake, triggerFor } from './router.js';
 import { sandboxFor } from './sandbox/detect.js';
 import type { Mount, Sandbox } from './sandbox/index.js';
-import { type Claimed, MAX_FAILURES, startScheduler, TASKS_CHANGED, taskStore } from './scheduler.js';
+import {
+  type Claimed,
+  MAX_FAILURES,
+  startOfDay,
+  startScheduler,
+  TASKS_CHANGED,
+  taskStore,
+} from './scheduler.js';
 
 export interface OrchestratorDeps {
   log: Logger;
@@ -73,6 +80,23 @@ export function credentialFrom(config: Config): ModelCredential | undefined {
   if (config.anthropicApiKey) return { type: 'api_key', value: config.anthropicApiKey };
   if (config.claudeOauthToken) return { type: 'oauth', value: config.claudeOauthToken };
   return undefined;
+}
+
+/** DISCORD_MAIN_CHANNEL_ID is shorthand for `groups add discord:<id> --main`; a registration wins. */
+export function registerDiscordMain(db: Db, jid: string, assistantName: string, now: number): void {
+  if (db.group(jid)) return;
+  const folder = db.groupByFolder('discord-main') ? `discord-main-${jid.split(':')[1]}` : 'discord-main';
+  db.addGroup(
+    {
+      jid,
+      name: 'Discord main',
+      folder,
+      trigger: triggerFor(assistantName),
+      requiresTrigger: false,
+      isMain: true,
+    },
+    now,
+  );
 }
 
 /** Creates groups/global and the folder of `folder` from the shipped templates; refuses symlinks. */
@@ -323,17 +347,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   function overDailyBudget(folder: string): string | undefined {
     const budget = config.dailyCostUsd;
     if (budget === undefined) return undefined;
-    const t = now();
-    const p = new Intl.DateTimeFormat('en-US', {
-      timeZone: config.timezone,
-      hourCycle: 'h23',
-      hour: 'numeric',
-      minute: 'numeric',
-      second: 'numeric',
-    }).formatToParts(t);
-    const n = (k: string) => Number(p.find((x) => x.type === k)?.value ?? 0);
-    const midnight = t - ((n('hour') * 60 + n('minute')) * 60 + n('second')) * 1000 - (t % 1000);
-    if (db.costSince(folder, midnight) < budget) return undefined;
+    if (db.costSince(folder, startOfDay(now(), config.timezone)) < budget) return undefined;
     return `Today's budget of $${budget} (DAILY_COST_USD) is used up: I will answer again tomorrow.`;
   }
 
@@ -424,17 +438,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   channels.push(web, ...(deps.channels?.(ingest) ?? []));
   if (config.discordBotToken) {
     const main = config.discordMainChannelId && `discord:${config.discordMainChannelId}`;
-    // DISCORD_MAIN_CHANNEL_ID is shorthand for `groups add discord:<id> --main`; a registration wins.
-    if (main && !db.group(main)) {
-      const folder = db.groupByFolder('discord-main')
-        ? `discord-main-${config.discordMainChannelId}`
-        : 'discord-main';
-      const trigger = triggerFor(config.assistantName);
-      db.addGroup(
-        { jid: main, name: 'Discord main', folder, trigger, requiresTrigger: false, isMain: true },
-        now(),
-      );
-    }
+    if (main) registerDiscordMain(db, main, config.assistantName, now());
     // Loaded only when configured: discord.js is ~38 MiB of RSS.
     const { createDiscordChannel } = await import('./channels/discord.js');
     channels.push(

@@ -71,6 +71,18 @@ function offsetAt(at: number, tz: string): number {
   );
 }
 
+/** Local midnight before `t` in `tz`; right on days a DST change moved the clock since midnight. */
+export function startOfDay(t: number, tz: string): number {
+  const fmt = new Intl.DateTimeFormat('en-US', { timeZone: tz, hourCycle: 'h23', timeStyle: 'medium' });
+  const wall = (x: number) => {
+    const [h = 0, m = 0, sec = 0] = fmt.format(x).split(':').map(Number);
+    return ((h * 60 + m) * 60 + sec) * 1000 + (x % 1000);
+  };
+  const guess = t - wall(t);
+  const off = wall(guess); // 0, or the hour the clock jumped: 23:00 (spring) or 01:00 (autumn)
+  return off === 0 ? guess : off > 12 * 3_600_000 ? guess + 86_400_000 - off : guess - off;
+}
+
 const LOCAL_TIME = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?$/;
 
 /** A wall-clock time in `tz` → epoch ms (the later reading, in a gap or overlap of DST). */
@@ -315,6 +327,20 @@ export function taskStore(db: Db) {
     },
     setStatus(id: string, status: Task['status'], nextRun: number | null, failures = 0): void {
       q.setStatus.run(status, nextRun, failures, id);
+    },
+    /** Pauses, resumes (from `now`) or cancels a task; the line saying what happened, or why not. */
+    change(t: Task, action: 'pause' | 'resume' | 'cancel', now: number): { ok: boolean; line: string } {
+      if (action === 'pause') q.setStatus.run('paused', t.nextRun, t.failures, t.id);
+      if (action === 'cancel') q.setStatus.run('cancelled', null, 0, t.id);
+      if (action === 'resume') {
+        const at = resumeAt(t, now);
+        if (typeof at === 'string') return { ok: false, line: `${t.id} cannot resume: ${at}` };
+        q.setStatus.run('active', at, 0, t.id);
+      }
+      return {
+        ok: true,
+        line: `${t.id} ${action === 'pause' ? 'paused' : action === 'cancel' ? 'cancelled' : 'resumed'}`,
+      };
     },
     nextDue(): number | undefined {
       const at = (q.nextDue.get() as Row).at;

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, parseDotenv, projectRoot } from './config.js';
-import { openDb, planGroup } from './db.js';
+import { openDb } from './db.js';
+import { registerDiscordMain } from './orchestrator.js';
 import { sandboxFor } from './sandbox/detect.js';
 
 const FLAGS = {
@@ -129,12 +130,7 @@ export async function setupCommand(
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
       const jid = `discord:${config.discordMainChannelId}`;
-      const plan = planGroup(
-        db,
-        { chat: jid, name: 'Discord main', folder: 'discord-main', main: true },
-        config.assistantName,
-      );
-      if (typeof plan !== 'string') db.addGroup(plan, Date.now());
+      registerDiscordMain(db, jid, config.assistantName, Date.now());
       out(`ok: ${jid} is the main chat`);
     } finally {
       db.close();

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import type { Config } from './config.js';
 import type { Db } from './db.js';
-import { taskStore } from './scheduler.js';
+import { startOfDay, taskStore } from './scheduler.js';
 
 const str = z.string();
 const apiSchema = z.object({
@@ -19,18 +19,6 @@ const apiSchema = z.object({
   nextTasks: z.array(z.object({ id: str, group: str, nextRun: z.number().nullable(), prompt: str })),
 });
 type Api = z.infer<typeof apiSchema>;
-
-/** Local midnight before `t` in `tz`; right on days a DST change moved the clock since midnight. */
-export function startOfDay(t: number, tz: string): number {
-  const fmt = new Intl.DateTimeFormat('en-US', { timeZone: tz, hourCycle: 'h23', timeStyle: 'medium' });
-  const wall = (x: number) => {
-    const [h = 0, m = 0, sec = 0] = fmt.format(x).split(':').map(Number);
-    return ((h * 60 + m) * 60 + sec) * 1000 + (x % 1000);
-  };
-  const guess = t - wall(t);
-  const off = wall(guess); // 0, or the hour the clock jumped: 23:00 (spring) or 01:00 (autumn)
-  return off === 0 ? guess : off > 12 * 3_600_000 ? guess + 86_400_000 - off : guess - off;
-}
 
 /** The orchestrator's figures, or why there are none (`refused`: nothing listens). */
 async function fetchLive(c: Config, f: typeof fetch): Promise<Api | { refused: boolean; why: string }> {

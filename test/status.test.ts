@@ -7,8 +7,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { loadConfig, projectRoot } from '../src/config.js';
 import { type Db, openDb } from '../src/db.js';
-import { taskStore } from '../src/scheduler.js';
-import { startOfDay, statusCommand } from '../src/status.js';
+import { startOfDay, taskStore } from '../src/scheduler.js';
+import { statusCommand } from '../src/status.js';
 import { removeHome, startApp, type TestApp, tempHome, testEnv } from './support/app.js';
 import { type FakeAnthropic, startFakeAnthropic } from './support/fake-anthropic.js';
 
