@@ -16,6 +16,8 @@ const SECRETS = [
 ];
 const env = { ...process.env };
 for (const k of SECRETS) delete env[k];
+// The add-* skills' channels (Telegram, Gmail, X) read their own variables: none from outside.
+for (const k of Object.keys(env)) if (/^(TELEGRAM|GMAIL|X)_/.test(k)) delete env[k];
 
 function run(cmd, args) {
   const r = spawnSync(cmd, args, { stdio: 'inherit', env });

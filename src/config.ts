@@ -51,6 +51,8 @@ export interface Config {
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Claude Code tuning variables passed through to the sandboxed CLI. */
   readonly cliEnv: Readonly<Record<string, string>>;
+  /** Every variable (.env under the environment): channels added by skills parse their own. */
+  readonly vars: Readonly<Record<string, string>>;
 }
 
 /** The checkout this file belongs to (dist/src/config.js or src/config.ts → two or three levels up). */
@@ -286,6 +288,10 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
         ? { CLAUDE_CODE_AUTO_COMPACT_WINDOW: String(v.CLAUDE_CODE_AUTO_COMPACT_WINDOW) }
         : {}),
       ...(v.SANDBOX_CA_CERTS !== undefined ? { NODE_EXTRA_CA_CERTS: v.SANDBOX_CA_CERTS } : {}),
+    }),
+    vars: Object.freeze({
+      ...fileVars,
+      ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)),
     }),
   });
 }

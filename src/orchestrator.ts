@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startAgentSession } from './agent-session.js';
 import type { ToolContext } from './agent-tools.js';
+import { addedChannels } from './channels/added.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
 import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
@@ -82,14 +83,19 @@ export function credentialFrom(config: Config): ModelCredential | undefined {
   return undefined;
 }
 
-/** DISCORD_MAIN_CHANNEL_ID is shorthand for `groups add discord:<id> --main`; a registration wins. */
-export function registerDiscordMain(db: Db, jid: string, assistantName: string, now: number): void {
+/**
+ * DISCORD_MAIN_CHANNEL_ID (and a skill channel's like it) is shorthand for
+ * `groups add <jid> --main`, in folder `<channel>-main`; an explicit registration wins.
+ */
+export function registerMainChat(db: Db, jid: string, assistantName: string, now: number): void {
   if (db.group(jid)) return;
-  const folder = db.groupByFolder('discord-main') ? `discord-main-${jid.split(':')[1]}` : 'discord-main';
+  const [channel = 'chat', id = ''] = jid.split(':');
+  const base = `${channel}-main`;
+  const folder = db.groupByFolder(base) ? `${base}-${id.toLowerCase().replace(/[^a-z0-9-]/g, '')}` : base;
   db.addGroup(
     {
       jid,
-      name: 'Discord main',
+      name: `${channel[0]?.toUpperCase()}${channel.slice(1)} main`,
       folder,
       trigger: triggerFor(assistantName),
       requiresTrigger: false,
@@ -438,7 +444,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   channels.push(web, ...(deps.channels?.(ingest) ?? []));
   if (config.discordBotToken) {
     const main = config.discordMainChannelId && `discord:${config.discordMainChannelId}`;
-    if (main) registerDiscordMain(db, main, config.assistantName, now());
+    if (main) registerMainChat(db, main, config.assistantName, now());
     // Loaded only when configured: discord.js is ~38 MiB of RSS.
     const { createDiscordChannel } = await import('./channels/discord.js');
     channels.push(
@@ -455,6 +461,18 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
         ...(deps.discord?.typingIntervalMs ? { typingIntervalMs: deps.discord.typingIntervalMs } : {}),
       }),
     );
+  }
+  const context = {
+    config,
+    db,
+    log,
+    now,
+    ingest,
+    registerMain: (jid: string) => registerMainChat(db, jid, config.assistantName, now()),
+  };
+  for (const add of addedChannels) {
+    const channel = await add(context);
+    if (channel) channels.push(channel);
   }
   for (const c of channels) await c.start();
   log.info(`web chat on http://${config.webHost}:${web.port()}/`);

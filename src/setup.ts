@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, parseDotenv, projectRoot } from './config.js';
 import { openDb } from './db.js';
-import { registerDiscordMain } from './orchestrator.js';
+import { registerMainChat } from './orchestrator.js';
 import { sandboxFor } from './sandbox/detect.js';
 
 const FLAGS = {
@@ -130,7 +130,7 @@ export async function setupCommand(
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
       const jid = `discord:${config.discordMainChannelId}`;
-      registerDiscordMain(db, jid, config.assistantName, Date.now());
+      registerMainChat(db, jid, config.assistantName, Date.now());
       out(`ok: ${jid} is the main chat`);
     } finally {
       db.close();

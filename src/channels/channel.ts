@@ -1,5 +1,8 @@
 // What every channel is to the orchestrator: a way in (it calls `ingest` for each platform
 // message) and a way out (`send` for each outbox row, `setWorking` for the typing indicator).
+import type { Config } from '../config.js';
+import type { Db } from '../db.js';
+import type { Logger } from '../log.js';
 
 export interface InboundMessage {
   /** `<channel>:<id>`, e.g. `web:main`, `discord:123`. */
@@ -46,6 +49,23 @@ export interface Channel {
   send(msg: OutboundMessage): Promise<{ platformId?: string }>;
   setWorking(chatJid: string, working: boolean): void;
 }
+
+/** What a channel added by a skill (src/channels/added.ts) is given at start. */
+export interface ChannelContext {
+  config: Config;
+  db: Db;
+  log: Logger;
+  now: () => number;
+  ingest: (m: InboundMessage) => IngestResult;
+  /** Registers `jid` as a main chat (folder `<channel>-main`) unless it is registered already. */
+  registerMain(jid: string): void;
+}
+
+/**
+ * Makes a skill's channel from `config.vars`: undefined when its variables are not set; throws
+ * ConfigError (one line, naming the variable) when they are set wrong.
+ */
+export type ChannelFactory = (ctx: ChannelContext) => Channel | undefined | Promise<Channel | undefined>;
 
 export type IngestResult =
   | { stored: true; id: number; duplicate: boolean }
