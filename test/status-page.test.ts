@@ -111,9 +111,9 @@ if (process.env.NANOCLAW_TEST_BROWSER === '1') {
       const page: Page = await context.newPage();
       const problems: string[] = [];
       page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+      // Every console error counts, Chromium's own /favicon.ico request (sent without the token) too.
       page.on('console', (m) => {
-        // Chromium asks for /favicon.ico on its own, without the token: web.ts has no such route.
-        if (m.type() === 'error' && !m.location().url.endsWith('/favicon.ico')) problems.push(m.text());
+        if (m.type() === 'error') problems.push(`${m.text()} (${m.location().url})`);
       });
       await page.goto(`http://127.0.0.1:${app.port}/?token=${TOKEN}`);
       return { context, page, problems };

@@ -91,6 +91,8 @@ export function createWebChannel(deps: WebDeps): WebChannel {
 
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://web.invalid');
+    // Browsers ask for it on their own, without the token: nothing to serve, nothing to refuse.
+    if (req.method === 'GET' && url.pathname === '/favicon.ico') return void res.writeHead(204).end();
     const refused = refusal(req, url);
     if (refused) return fail(res, ...refused);
     const route = `${req.method} ${url.pathname}`;
