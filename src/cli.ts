@@ -7,9 +7,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { addedChannels } from './channels/added.js';
 import { type Config, ConfigError, loadConfig } from './config.js';
 import { type Db, type Group, openDb, planGroup, SCHEMA_VERSION } from './db.js';
 import { globProblem } from './egress.js';
+import { createLogger } from './log.js';
 import {
   checkExtraMount,
   defaultAllowlistPath,
@@ -53,7 +55,7 @@ Usage:
                                       changes since the last commit, or what one commit changed
   nanoclaw memory restore <chat|folder> <commit> [<file>]
                                       bring back the folder (or one file) as it was; undoable
-  nanoclaw service install|uninstall|status
+  nanoclaw service install|uninstall|restart|status
                                       a systemd user unit (Linux) or launchd agent (macOS) that
                                       restarts on failure and logs to logs/nanoclaw{,.error}.log
   nanoclaw logs [<chat|folder>] [-f]  the service's log, of one group, or followed
@@ -291,7 +293,7 @@ async function memoryCommand(db: Db, args: string[], config: Config, out: (s: st
 }
 
 /** Checks what `start` needs: one line per check, ✓ or ✗ with the fix; exits 1 on any ✗. */
-function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): number {
+async function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): Promise<number> {
   let failed = false;
   const check = (ok: boolean, line: string) => {
     out(`${ok ? '✓' : '✗'} ${line}`);
@@ -319,6 +321,22 @@ function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): number {
       true,
       `store ${path.join(config.storeDir, 'messages.db')} (schema ${SCHEMA_VERSION}, ${db.groups().length} groups)`,
     );
+    // Channels added by skills check their variables when made; nothing starts and nothing is written.
+    for (const add of addedChannels) {
+      try {
+        const channel = await add({
+          config,
+          db,
+          log: createLogger('error', () => {}),
+          now: Date.now,
+          ingest: () => ({ stored: false, reason: 'doctor' }),
+          registerMain: () => {},
+        });
+        if (channel) check(true, `${channel.name} configured`);
+      } catch (e) {
+        check(false, (e as Error).message);
+      }
+    }
   } finally {
     db.close();
   }
@@ -364,7 +382,7 @@ export async function runCli(
       await main();
       return 0;
     }
-    if (cmd === 'doctor') return doctor(env, out);
+    if (cmd === 'doctor') return await doctor(env, out);
     if (cmd === 'setup') {
       const config = loadConfig(env);
       const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };

@@ -268,8 +268,10 @@ export function openDb(file: string) {
     messageByPlatformId: db.prepare('SELECT id FROM messages WHERE chat_jid = ? AND platform_id = ?'),
     messagesAfter: db.prepare('SELECT * FROM messages WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?'),
     latestMessageId: db.prepare('SELECT coalesce(max(id), 0) AS id FROM messages WHERE chat_jid = ?'),
+    // A scheduled task's prompt (`task-run-<n>`) is stored in its chat but never came from the platform.
     lastPlatformId: db.prepare(
-      'SELECT platform_id FROM messages WHERE chat_jid = ? AND thread_id IS NULL ORDER BY id DESC LIMIT 1',
+      `SELECT platform_id FROM messages WHERE chat_jid = ? AND thread_id IS NULL
+       AND platform_id NOT LIKE 'task-run-%' ORDER BY id DESC LIMIT 1`,
     ),
     group: db.prepare('SELECT * FROM groups WHERE jid = ?'),
     groupByFolder: db.prepare('SELECT * FROM groups WHERE folder = ?'),

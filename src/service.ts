@@ -115,6 +115,7 @@ function plan(ctx: ServiceContext, userHome: string) {
       render: renderSystemdUnit,
       install: [ctl('daemon-reload'), ctl('enable', '--now', UNIT)],
       uninstall: [ctl('disable', '--now', UNIT)],
+      restart: [ctl('restart', UNIT)],
       status: ctl('status', UNIT, '--no-pager'),
       fix: 'no user systemd in this session: run `loginctl enable-linger $USER` and retry from a login session (ssh in as yourself, not su or sudo)',
     };
@@ -125,16 +126,17 @@ function plan(ctx: ServiceContext, userHome: string) {
     render: renderLaunchdPlist,
     install: [['launchctl', 'bootstrap', gui, plist]],
     uninstall: [['launchctl', 'bootout', `${gui}/${LABEL}`]],
+    restart: [['launchctl', 'kickstart', '-k', `${gui}/${LABEL}`]],
     status: ['launchctl', 'print', `${gui}/${LABEL}`],
     fix: 'retry from a login session on the Mac (not over ssh or sudo); if it is already loaded, uninstall first',
   };
 }
 
-/** `service install|uninstall|status`; resolves to the exit code. */
+/** `service install|uninstall|restart|status`; resolves to the exit code. */
 export async function serviceCommand(args: string[], ctx: ServiceContext, out: Out, err: Out) {
   const [sub, ...extra] = args;
-  if (!['install', 'uninstall', 'status'].includes(sub ?? '') || extra.length)
-    return fail(err, 'service: takes install, uninstall or status');
+  if (!['install', 'uninstall', 'restart', 'status'].includes(sub ?? '') || extra.length)
+    return fail(err, 'service: takes install, uninstall, restart or status');
   if (!ctx.env.HOME) return fail(err, 'service: HOME is not set');
   const p = plan(ctx, ctx.env.HOME);
   if (!p) return fail(err, 'service: only Linux (systemd) and macOS (launchd) are supported');
@@ -149,7 +151,7 @@ export async function serviceCommand(args: string[], ctx: ServiceContext, out: O
   };
   if (sub !== 'install' && !existsSync(p.file)) {
     out(`not installed (no ${p.file}): \`nanoclaw service install\` writes it`);
-    return sub === 'status' ? 1 : 0;
+    return sub === 'uninstall' ? 0 : 1;
   }
   if (sub === 'status') {
     const [cmd = '', ...a] = p.status;
@@ -157,6 +159,13 @@ export async function serviceCommand(args: string[], ctx: ServiceContext, out: O
     if (r.stdout.trim()) out(r.stdout.trimEnd());
     if (r.stderr.trim()) err(r.stderr.trimEnd());
     return r.code === 0 ? 0 : 1;
+  }
+  if (sub === 'restart') {
+    // After a change to .env or the code (`npm run build`): stops the running one gracefully first.
+    const failed = await runAll(p.restart);
+    if (failed) return fail(err, `service: ${failed}: ${p.fix}`);
+    out('restarted');
+    return 0;
   }
   if (sub === 'uninstall') {
     const failed = await runAll(p.uninstall);

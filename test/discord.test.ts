@@ -306,6 +306,39 @@ describe('Discord', () => {
     s.assertDone();
   });
 
+  test("regression: a scheduled task's prompt stored last in the chat does not stop the catch-up", async () => {
+    const w = await world();
+    const s = script(w, [{ reply: text('first') }, { reply: text('caught up') }]);
+    w.discord.injectMessage({ channelId: w.channelId, author: w.owner, content: '@Krabby one' });
+    const first = await w.discord.nextMessage(fromBot(w));
+    // Our own post comes back through the gateway and is stored; then the task's row is the newest.
+    await eventually(
+      () => w.app.orch.db.lastPlatformId(`discord:${w.channelId}`) === first.id,
+      10_000,
+      'our post stored',
+    );
+    // What the scheduler stores for a group-context run: the newest row, with no Discord id.
+    const { id } = w.app.orch.db.insertMessage({
+      chatJid: `discord:${w.channelId}`,
+      platformId: 'task-run-1',
+      sender: 'scheduler',
+      senderName: 'Scheduled task t-1',
+      text: 'a task prompt',
+      at: Date.now(),
+      isBot: false,
+      fromMe: false,
+      mayWake: false,
+    });
+    w.app.orch.db.advanceCursor(`discord:${w.channelId}`, id);
+    w.discord.invalidateSessions();
+    w.discord.dropConnections();
+    w.discord.injectMessage({ channelId: w.channelId, author: w.owner, content: '@Krabby two' });
+    const reply = await w.discord.nextMessage((m) => fromBot(w)(m) && m.content === 'caught up', 30_000);
+    assert.ok(reply);
+    assert.match(w.app.logs.join(''), /fetched 1 missed messages/);
+    s.assertDone();
+  });
+
   test('a post stored by Discord but answered with 500 exists exactly once after the retry', async () => {
     const w = await world();
     const s = script(w, [{ reply: text('only once') }]);

@@ -360,9 +360,27 @@ describe('nanoclaw service', () => {
   });
 
   test('an unknown subcommand is one usage line', async () => {
-    const r = await service(['restart'], { run: scripted(ok).run });
+    const r = await service(['reload'], { run: scripted(ok).run });
     assert.equal(r.code, 1);
-    assert.deepEqual(r.err, ['nanoclaw: service: takes install, uninstall or status']);
+    assert.deepEqual(r.err, ['nanoclaw: service: takes install, uninstall, restart or status']);
+  });
+
+  test('restart restarts the installed unit (systemd) or kickstarts the agent (launchd)', async () => {
+    const { run, calls } = scripted(ok);
+    const linux = await service(['install'], { run });
+    const mac = await service(['install'], { run, platform: 'darwin' });
+    calls.length = 0;
+    const r = await service(['restart'], { run, userHome: linux.userHome });
+    assert.equal(r.code, 0, r.err.join('\n'));
+    await service(['restart'], { run, platform: 'darwin', userHome: mac.userHome });
+    assert.deepEqual(calls, [
+      ['systemctl', ['--user', 'restart', 'nanoclaw.service']],
+      ['launchctl', ['kickstart', '-k', 'gui/501/com.nanoclaw.agent']],
+    ]);
+    const none = await service(['restart'], { run });
+    assert.equal(none.code, 1);
+    assert.match(none.out.join('\n'), /not installed/);
+    assert.equal(calls.length, 2, 'nothing run when nothing is installed');
   });
 });
 
