@@ -79,7 +79,7 @@ function plan(skillDir, project, pending) {
   const name = path.basename(skillDir);
   const manifest = readManifest(skillDir);
   const writes = new Map(); // project-relative path → new content
-  const current = (rel) => pending.get(rel) ?? writes.get(rel) ?? readText(path.join(project, rel));
+  const current = (rel) => writes.get(rel) ?? pending.get(rel) ?? readText(path.join(project, rel));
   for (const rel of filesUnder(path.join(skillDir, 'add'))) {
     const content = readFileSync(path.join(skillDir, 'add', rel), 'utf8');
     const existing = current(rel);

@@ -99,6 +99,40 @@ test('applying a skill adds its files, inserts its lines, moves its packages to 
   }
 });
 
+test('regression: skills applied together each keep both their edits to one file, in sorted places', async () => {
+  const base = tempDir();
+  try {
+    const project = path.join(base, 'project');
+    mkdirSync(project);
+    writeFileSync(path.join(project, 'list.ts'), '// imports\n\nconst list = [\n  // entries\n];\n');
+    const skills = ['add-b', 'add-a'].map((name) => {
+      const dir = path.join(base, name);
+      const id = name.slice(4);
+      mkdirSync(path.join(dir, 'add', 'test'), { recursive: true });
+      writeFileSync(path.join(dir, 'add', 'test', `${id}.test.ts`), `${id}\n`);
+      writeFileSync(
+        path.join(dir, 'skill.json'),
+        JSON.stringify({
+          tests: [`test/${id}.test.ts`],
+          edits: [
+            { file: 'list.ts', after: '// imports', insert: `import { ${id} } from './${id}.js';` },
+            { file: 'list.ts', after: '// entries', insert: `${id},` },
+          ],
+        }),
+      );
+      return dir;
+    });
+    const r = await apply(...skills, '--project', project);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(
+      readFileSync(path.join(project, 'list.ts'), 'utf8'),
+      "// imports\nimport { a } from './a.js';\nimport { b } from './b.js';\n\nconst list = [\n  // entries\n  a,\n  b,\n];\n",
+    );
+  } finally {
+    rmSync(base, { recursive: true, force: true });
+  }
+});
+
 test('a skill whose anchor line is gone fails with one line and writes nothing', async () => {
   const { project, skill } = fixture();
   try {
@@ -145,16 +179,49 @@ test('every add-skill applies to a copy of the project, which builds, lints and 
     const opts = { cwd: copy, maxBuffer: 64 * 1024 * 1024 };
     await run('npx', ['tsc', '-p', '.'], opts);
     await run('npx', ['biome', 'check', '--vcs-enabled=false', 'src', 'test'], opts);
+    // doctor makes every added channel from .env without starting it: one line each, ✓ or ✗.
+    const home = path.join(path.dirname(copy), 'home');
+    mkdirSync(home);
+    const doctor = await run(process.execPath, ['dist/src/cli.js', 'doctor'], {
+      ...opts,
+      env: {
+        PATH: process.env.PATH,
+        NANOCLAW_HOME: home,
+        SANDBOX: 'bwrap',
+        ANTHROPIC_API_KEY: 'sk-ant-x',
+        TELEGRAM_BOT_TOKEN: '123:abc',
+        X_API_KEY: 'key',
+      },
+    }).then(
+      () => assert.fail('doctor passed with half the X credentials'),
+      (e: { code: number; stdout: string }) => e,
+    );
+    assert.equal(doctor.code, 1);
+    assert.match(doctor.stdout, /^✓ telegram configured$/m);
+    assert.match(doctor.stdout, /^✗ X_API_SECRET is not set: .+$/m);
+    assert.doesNotMatch(doctor.stdout, /gmail/i, 'no GMAIL_ variables: Gmail is off and says nothing');
     const compiled = tests.map((t) => path.join('dist', t.replace(/\.ts$/, '.js')));
+    // A test runner's child inherits NODE_TEST_CONTEXT and would report to us instead of running
+    // the files as a runner of its own: without it, the copy's runner is a plain `node --test`.
+    const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+    let stdout: string;
     try {
-      await run(process.execPath, ['--test', '--test-timeout=300000', ...compiled], {
-        ...opts,
-        timeout: 20 * 60_000,
-      });
+      ({ stdout } = await run(
+        process.execPath,
+        ['--test', '--test-reporter=tap', '--test-timeout=300000', ...compiled],
+        {
+          ...opts,
+          env,
+          timeout: 20 * 60_000,
+        },
+      ));
     } catch (err) {
       const e = err as { stdout?: string; stderr?: string };
       assert.fail(`the skills' tests failed:\n${e.stdout?.slice(-20_000)}\n${e.stderr?.slice(-5000)}`);
     }
+    const count = (k: string) => Number(new RegExp(`^# ${k} (\\d+)$`, 'm').exec(stdout)?.[1]);
+    assert.equal(count('fail'), 0);
+    assert.ok(count('pass') >= addSkills.length * 5, `each skill's tests ran: ${count('pass')} passed`);
   } finally {
     rmSync(path.dirname(copy), { recursive: true, force: true });
   }
