@@ -484,6 +484,26 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     if (group && needsWake(db.messagesAfter(jid, group.cursor), group)) route(jid);
   }
 
+  /** SIGTERM: stop intake, let live agents close (bounded), flush the outbox, close. */
+  async function shutdown(graceMs: number): Promise<void> {
+    intake = false;
+    await Promise.all(channels.map((c) => c.stop()));
+    const bounded = <T>(p: Promise<T>) =>
+      Promise.race([p, new Promise<void>((r) => setTimeout(r, graceMs).unref())]);
+    scheduler.stop();
+    watcher.close();
+    await bounded(queue.stop());
+    queue.kill();
+    await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);
+    await bounded(outbox.flush());
+    outbox.stop();
+    await bounded(sandbox.close?.() ?? Promise.resolve());
+    await bounded(Promise.all([...commits]));
+    for (const c of channels) await c.close();
+    db.close();
+  }
+  let stopping: Promise<void> | undefined;
+
   return {
     db,
     queue,
@@ -491,23 +511,10 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     ingest,
     /** Delivers what is due in the outbox now (used after committing replies outside a run). */
     deliver: () => outbox.kick(),
-    /** SIGTERM: stop intake, let live agents close (bounded), flush the outbox, close. */
-    async stop(graceMs = 10_000): Promise<void> {
-      intake = false;
-      await Promise.all(channels.map((c) => c.stop()));
-      const bounded = <T>(p: Promise<T>) =>
-        Promise.race([p, new Promise<void>((r) => setTimeout(r, graceMs).unref())]);
-      scheduler.stop();
-      watcher.close();
-      await bounded(queue.stop());
-      queue.kill();
-      await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);
-      await bounded(outbox.flush());
-      outbox.stop();
-      await bounded(sandbox.close?.() ?? Promise.resolve());
-      await bounded(Promise.all([...commits]));
-      for (const c of channels) await c.close();
-      db.close();
+    /** Stops once; a second call (a second signal) waits for the first. */
+    stop(graceMs = 10_000): Promise<void> {
+      stopping ??= shutdown(graceMs);
+      return stopping;
     },
   };
 }

@@ -591,3 +591,13 @@ describe('configuration of the web chat', () => {
     }
   });
 });
+
+test('regression: stopping twice (a second signal) waits for the first stop instead of failing', async () => {
+  const app = await startApp({ baseUrl: fake.script('twice', []).baseUrl });
+  try {
+    await Promise.all([app.orch.stop(2000), app.orch.stop(2000)]);
+    await app.orch.stop(2000);
+  } finally {
+    removeHome(app.home);
+  }
+});
