@@ -423,6 +423,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     now,
     ingest,
     status: () => ({
+      channels: Object.fromEntries(channels.map((c) => [c.name, c.connected?.() === false ? 'down' : 'up'])),
       groups: db.groups().map((g) => ({
         chat: g.jid,
         name: g.name,

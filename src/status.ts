@@ -9,6 +9,7 @@ import { startOfDay, taskStore } from './scheduler.js';
 
 const str = z.string();
 const apiSchema = z.object({
+  channels: z.record(str, z.enum(['up', 'down'])),
   groups: z.array(z.object({ chat: str, name: str, folder: str, main: z.boolean() })),
   queue: z.object({
     live: z.array(z.object({ key: str, idle: z.boolean() })),
@@ -73,8 +74,11 @@ export async function statusCommand(
   const report = {
     orchestrator: up ? 'running' : live.refused ? 'not running' : 'not answering',
     ...(up ? {} : { why: live.why }),
-    // Whether Discord is connected is not in the API (web.ts cannot see it): only whether it is on.
-    channels: { web: up ? 'up' : 'down', discord: config.discordBotToken ? 'configured' : 'off' },
+    // Live: every started channel, up or down; from the store: only what the configuration says.
+    channels: {
+      ...(up ? live.channels : { web: 'down' }),
+      ...(up && config.discordBotToken ? {} : { discord: config.discordBotToken ? 'configured' : 'off' }),
+    },
     groups: up
       ? live.groups
       : db.groups().map((g) => ({ chat: g.jid, name: g.name, folder: g.folder, main: g.isMain })),
@@ -90,7 +94,11 @@ export async function statusCommand(
   const { agents, groups } = report;
   const from = up ? '' : ` (figures from the store)${live.refused ? '' : `: ${live.why}`}`;
   out(`orchestrator: ${report.orchestrator}${from}`);
-  out(`channels: web ${report.channels.web}, discord ${report.channels.discord}`);
+  out(
+    `channels: ${Object.entries(report.channels)
+      .map(([name, state]) => `${name} ${state}`)
+      .join(', ')}`,
+  );
   out(`groups: ${groups.length} (${groups.map((g) => `${g.chat}${g.main ? ' main' : ''}`).join(', ')})`);
   const working = agents?.live.filter((a) => !a.idle).length;
   out(agents ? `agents: ${agents.live.length} running (${working} working)` : 'agents: none running');

@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import type { APIMessage, APIUser } from 'discord.js';
-import { CLI, eventually, removeHome, startApp, type TestApp, tempHome } from './support/app.js';
+import { CLI, eventually, removeHome, request, startApp, type TestApp, tempHome } from './support/app.js';
 import { type FakeAnthropic, startFakeAnthropic, text } from './support/fake-anthropic.js';
 import { FakeDiscord } from './support/fake-discord.js';
 
@@ -289,6 +289,31 @@ describe('Discord', () => {
     await eventually(() => w.app.orch.queue.snapshot().live.every((l) => l.idle), 10_000);
     assert.equal(w.discord.messages(w.channelId).filter(fromBot(w)).length, 1);
     s.assertDone();
+  });
+
+  test('the status API says whether Discord is connected', async () => {
+    const w = await world();
+    const channels = async () =>
+      (
+        JSON.parse((await request(w.app.port, 'GET', '/api/status', undefined)).text) as {
+          channels: Record<string, string>;
+        }
+      ).channels;
+    /** The channels once Discord is `state` (the client reconnects on its own time). */
+    const when = async (state: string) => {
+      for (let i = 0; i < 500; i++) {
+        const c = await channels();
+        if (c.discord === state) return c;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.fail(`discord never ${state}: ${JSON.stringify(await channels())}`);
+    };
+    assert.deepEqual(await when('up'), { web: 'up', discord: 'up' });
+    w.discord.refuseGateway = true;
+    w.discord.dropConnections();
+    await when('down');
+    w.discord.refuseGateway = false;
+    await when('up');
   });
 
   test('after an invalidated session the missed message is fetched and answered once', async () => {

@@ -48,6 +48,8 @@ export interface Channel {
   close(): Promise<void>;
   send(msg: OutboundMessage): Promise<{ platformId?: string }>;
   setWorking(chatJid: string, working: boolean): void;
+  /** Whether it is connected to its platform now (for status); without it: while it runs. */
+  connected?(): boolean;
 }
 
 /** What a channel added by a skill (src/channels/added.ts) is given at start. */

@@ -15,6 +15,7 @@ import {
   type Message,
   Partials,
   type SendableChannels,
+  Status,
   type Webhook,
 } from 'discord.js';
 import type { Db } from '../db.js';
@@ -307,6 +308,8 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
 
   return {
     name: 'discord',
+    // The manager stays Ready through a reconnect; its shard says whether the gateway is there.
+    connected: () => client.isReady() && client.ws.shards.every((s) => s.status === Status.Ready),
     owns: (chatJid) => chatJid.startsWith(PREFIX),
     async start() {
       const ready = new Promise<void>((resolve, reject) => {

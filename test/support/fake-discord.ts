@@ -211,7 +211,8 @@ export class FakeDiscord {
     this.gatewayUrl = `ws://127.0.0.1:${port}/gateway`;
     server.on('request', (req, res) => void this.onRequest(req, res));
     server.on('upgrade', (req, socket, head) => {
-      if (new URL(req.url ?? '/', this.origin).pathname !== '/gateway') socket.destroy();
+      const path = new URL(req.url ?? '/', this.origin).pathname;
+      if (path !== '/gateway' || this.refuseGateway) socket.destroy();
       else this.wss.handleUpgrade(req, socket, head, (ws) => this.onSocket(ws));
     });
   }
@@ -349,6 +350,9 @@ export class FakeDiscord {
   fail(o: FailRule): void {
     this.rules.push({ ...o, left: o.times ?? 1 });
   }
+
+  /** While true, gateway connections are refused (Discord unreachable). */
+  refuseGateway = false;
 
   /** Closes every gateway socket. With a resumable code (default 4000) sessions stay and buffer. */
   dropConnections(code = 4000): void {
