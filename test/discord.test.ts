@@ -1,8 +1,6 @@
 // Discord end to end: the real discord.js client against the fake Discord server, the real
 // orchestrator, real bwrap sandboxes and the real Agent SDK against the fake model.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import {
   mkdirSync,
   mkdtempSync,
@@ -16,7 +14,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import type { APIMessage, APIUser } from 'discord.js';
-import { CLI, eventually, removeHome, request, startApp, type TestApp, tempHome } from './support/app.js';
+import {
+  eventually,
+  nanoclaw,
+  removeHome,
+  request,
+  startApp,
+  type TestApp,
+  tempHome,
+} from './support/app.js';
 import { type FakeAnthropic, startFakeAnthropic, text } from './support/fake-anthropic.js';
 import { FakeDiscord } from './support/fake-discord.js';
 
@@ -453,24 +459,11 @@ test('an invalid bot token stops the start with one line and a non-zero exit', a
   discord.setTokenValid(TOKEN, false);
   const home = tempHome();
   try {
-    // Not spawnSync: the fake Discord answers from this very process.
-    const child = spawn(process.execPath, [CLI, 'start'], {
-      env: {
-        PATH: process.env.PATH ?? '/usr/bin:/bin',
-        NANOCLAW_HOME: home,
-        WEB_PORT: '0',
-        SANDBOX: 'bwrap',
-        DISCORD_BOT_TOKEN: TOKEN,
-        DISCORD_API_URL: discord.api,
-      },
-      stdio: ['ignore', 'ignore', 'pipe'],
-      timeout: 30_000,
-    });
-    let stderr = '';
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    const [code] = (await once(child, 'exit')) as [number | null];
+    writeFileSync(
+      path.join(home, '.env'),
+      `WEB_PORT=0\nSANDBOX=bwrap\nDISCORD_BOT_TOKEN=${TOKEN}\nDISCORD_API_URL=${discord.api}\n`,
+    );
+    const { code, stderr } = await nanoclaw(home, 'start');
     assert.equal(code, 1);
     const errors = stderr.split('\n').filter((l) => l.startsWith('nanoclaw:'));
     assert.equal(errors.length, 1, stderr);

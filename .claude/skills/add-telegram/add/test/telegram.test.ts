@@ -1,8 +1,6 @@
 // Telegram end to end: the real grammY client long-polling the fake Telegram, the real
 // orchestrator, real bwrap sandboxes and the real Agent SDK against the fake model.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
@@ -12,7 +10,7 @@ import { telegramChannel } from '../src/channels/telegram.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { openDb } from '../src/db.js';
 import { createLogger } from '../src/log.js';
-import { CLI, eventually, removeHome, startApp, type TestApp, tempHome } from './support/app.js';
+import { eventually, nanoclaw, removeHome, startApp, type TestApp, tempHome } from './support/app.js';
 import { type FakeAnthropic, startFakeAnthropic, text } from './support/fake-anthropic.js';
 import { FakeTelegram } from './support/fake-telegram.js';
 
@@ -426,24 +424,11 @@ describe('Telegram, the channel on its own (configuration, start, errors)', () =
     const home = tempHome();
     const wrong = '4242424242:revoked-secret';
     try {
-      // Not spawnSync: the fake Telegram answers from this very process.
-      const child = spawn(process.execPath, [CLI, 'start'], {
-        env: {
-          PATH: process.env.PATH ?? '/usr/bin:/bin',
-          NANOCLAW_HOME: home,
-          WEB_PORT: '0',
-          SANDBOX: 'bwrap',
-          TELEGRAM_BOT_TOKEN: wrong,
-          TELEGRAM_API_URL: tg.url,
-        },
-        stdio: ['ignore', 'ignore', 'pipe'],
-        timeout: 30_000,
-      });
-      let stderr = '';
-      child.stderr.on('data', (d: Buffer) => {
-        stderr += d.toString();
-      });
-      const [code] = (await once(child, 'exit')) as [number | null];
+      writeFileSync(
+        path.join(home, '.env'),
+        `WEB_PORT=0\nSANDBOX=bwrap\nTELEGRAM_BOT_TOKEN=${wrong}\nTELEGRAM_API_URL=${tg.url}\n`,
+      );
+      const { code, stderr } = await nanoclaw(home, 'start');
       assert.equal(code, 1);
       const errors = stderr.split('\n').filter((l) => l.startsWith('nanoclaw:'));
       assert.equal(errors.length, 1, stderr);
