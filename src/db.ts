@@ -254,127 +254,42 @@ export function openDb(file: string) {
   db.pragma('busy_timeout = 5000');
   migrate(db);
 
-  const q = {
-    chats: db.prepare('SELECT * FROM chats ORDER BY seen_at DESC, jid'),
-    upsertChat: db.prepare(
-      `INSERT INTO chats (jid, name, channel, seen_at) VALUES (?, ?, ?, ?)
-       ON CONFLICT (jid) DO UPDATE SET name = excluded.name, seen_at = excluded.seen_at`,
-    ),
-    insertMessage: db.prepare(
-      `INSERT INTO messages (chat_jid, platform_id, sender, sender_name, text, at, is_bot, from_me,
-         may_wake, mentions_me, thread_id, attachments)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chat_jid, platform_id) DO NOTHING`,
-    ),
-    messageByPlatformId: db.prepare('SELECT id FROM messages WHERE chat_jid = ? AND platform_id = ?'),
-    messagesAfter: db.prepare('SELECT * FROM messages WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?'),
-    latestMessageId: db.prepare('SELECT coalesce(max(id), 0) AS id FROM messages WHERE chat_jid = ?'),
-    // A scheduled task's prompt (`task-run-<n>`) is stored in its chat but never came from the platform.
-    lastPlatformId: db.prepare(
-      `SELECT platform_id FROM messages WHERE chat_jid = ? AND thread_id IS NULL
-       AND platform_id NOT LIKE 'task-run-%' ORDER BY id DESC LIMIT 1`,
-    ),
-    group: db.prepare('SELECT * FROM groups WHERE jid = ?'),
-    groupByFolder: db.prepare('SELECT * FROM groups WHERE folder = ?'),
-    groups: db.prepare('SELECT * FROM groups ORDER BY created_at, jid'),
-    addGroup: db.prepare(
-      `INSERT INTO groups (jid, name, folder, trigger, requires_trigger, is_main, cursor, created_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-    ),
-    removeGroup: db.prepare('DELETE FROM groups WHERE jid = ?'),
-    setEgress: db.prepare('UPDATE groups SET egress_allow = ? WHERE jid = ?'),
-    setMounts: db.prepare('UPDATE groups SET mounts = ? WHERE jid = ?'),
-    advanceCursor: db.prepare('UPDATE groups SET cursor = max(cursor, ?) WHERE jid = ?'),
-    unprocessed: db.prepare(
-      `SELECT g.jid FROM groups g WHERE EXISTS
-         (SELECT 1 FROM messages m WHERE m.chat_jid = g.jid AND m.id > g.cursor AND m.from_me = 0)`,
-    ),
-    session: db.prepare('SELECT session_id, total_cost_usd FROM sessions WHERE group_folder = ?'),
-    setSessionCost: db.prepare('UPDATE sessions SET total_cost_usd = ? WHERE group_folder = ?'),
-    clearSession: db.prepare('DELETE FROM sessions WHERE group_folder = ?'),
-    setSession: db.prepare(
-      `INSERT INTO sessions (group_folder, session_id, updated_at) VALUES (?, ?, ?)
-       ON CONFLICT (group_folder) DO UPDATE SET session_id = excluded.session_id, updated_at = excluded.updated_at,
-         total_cost_usd = CASE WHEN session_id = excluded.session_id THEN total_cost_usd ELSE 0 END`,
-    ),
-    enqueue: db.prepare(
-      `INSERT INTO outbox (chat_jid, text, sender, reply_to, thread_id, file, next_attempt_at, created_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-    ),
-    outboxDue: db.prepare(
-      "SELECT * FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT 100",
-    ),
-    outboxNextDue: db.prepare("SELECT min(next_attempt_at) AS at FROM outbox WHERE status = 'pending'"),
-    outboxPendingCount: db.prepare("SELECT count(*) AS n FROM outbox WHERE status = 'pending'"),
-    outboxAfter: db.prepare('SELECT * FROM outbox WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?'),
-    outboxById: db.prepare('SELECT * FROM outbox WHERE id = ?'),
-    latestOutboxId: db.prepare(
-      "SELECT coalesce(max(id), 0) AS id FROM outbox WHERE chat_jid = ? AND status = 'sent'",
-    ),
-    markSent: db.prepare(
-      "UPDATE outbox SET status = 'sent', sent_at = ?, platform_id = ?, attempts = attempts + 1 WHERE id = ?",
-    ),
-    markRetry: db.prepare(
-      'UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?, status = ? WHERE id = ?',
-    ),
-    startRun: db.prepare(
-      "INSERT INTO runs (group_folder, chat_jid, started_at, status) VALUES (?, ?, ?, 'running')",
-    ),
-    finishRun: db.prepare(
-      `UPDATE runs SET ended_at = ?, status = ?, input_tokens = ?, output_tokens = ?, cost_usd = ?,
-         session_id = ?, error = ? WHERE id = ?`,
-    ),
-    abandonRuns: db.prepare(
-      "UPDATE runs SET status = 'error', error = 'orchestrator stopped', ended_at = ? WHERE status = 'running'",
-    ),
-    recentRuns: db.prepare('SELECT * FROM runs ORDER BY id DESC LIMIT ?'),
-    costSince: db.prepare(
-      'SELECT coalesce(sum(cost_usd), 0) AS c FROM runs WHERE group_folder = ? AND started_at >= ?',
-    ),
-    recentWakers: db.prepare(
-      'SELECT count(*) AS n FROM messages WHERE chat_jid = ? AND sender = ? AND at > ? AND may_wake = 1 AND from_me = 0',
-    ),
+  // Each statement is prepared once, on first use, and kept. Parameters: an array for `?`, an
+  // object for `@name`.
+  const prepared = new Map<string, Database.Statement>();
+  type Params = unknown[] | Record<string, unknown>;
+  const statement = (sql: string): Database.Statement => {
+    const s = prepared.get(sql) ?? db.prepare(sql);
+    prepared.set(sql, s);
+    return s;
   };
-
-  const enqueueReply = db.transaction(
-    (r: {
-      chatJid: string;
-      text: string;
-      sender?: string;
-      replyTo?: string;
-      threadId?: string;
-      file?: string;
-      cursor?: number;
-      now: number;
-    }) => {
-      const id = Number(
-        q.enqueue.run(
-          r.chatJid,
-          r.text,
-          r.sender ?? null,
-          r.replyTo ?? null,
-          r.threadId ?? null,
-          r.file ?? null,
-          r.now,
-          r.now,
-        ).lastInsertRowid,
-      );
-      // The reply and the cursor move together: after a crash a batch is either answered and
-      // marked, or neither (DESIGN, Invariant 1).
-      if (r.cursor !== undefined) q.advanceCursor.run(r.cursor, r.chatJid);
-      return id;
-    },
-  );
+  const run = (sql: string, params: Params = []) => statement(sql).run(params);
+  const one = (sql: string, params: Params = []) => statement(sql).get(params) as Row | undefined;
+  const all = (sql: string, params: Params = []) => statement(sql).all(params) as Row[];
+  const latestMessageId = (chatJid: string): number =>
+    num(one('SELECT coalesce(max(id), 0) AS id FROM messages WHERE chat_jid = ?', [chatJid])?.id);
+  const group = (jid: string): Group | undefined => {
+    const r = one('SELECT * FROM groups WHERE jid = ?', [jid]);
+    return r && toGroup(r);
+  };
+  const advanceCursor = (jid: string, to: number): void => {
+    run('UPDATE groups SET cursor = max(cursor, ?) WHERE jid = ?', [to, jid]);
+  };
 
   return {
     raw: db,
     close: () => db.close(),
 
     upsertChat(jid: string, name: string, channel: string, at: number): void {
-      q.upsertChat.run(jid, name, channel, at);
+      run(
+        `INSERT INTO chats (jid, name, channel, seen_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (jid) DO UPDATE SET name = excluded.name, seen_at = excluded.seen_at`,
+        [jid, name, channel, at],
+      );
     },
     /** Every chat a channel has seen (registered or not), most recent first. */
     chats(): { jid: string; name: string; channel: string; seenAt: number }[] {
-      return (q.chats.all() as Row[]).map((r) => ({
+      return all('SELECT * FROM chats ORDER BY seen_at DESC, jid').map((r) => ({
         jid: str(r.jid),
         name: str(r.name),
         channel: str(r.channel),
@@ -383,127 +298,162 @@ export function openDb(file: string) {
     },
     /** Stores a message once per (chat, platform id); returns its row id and whether it is new. */
     insertMessage(m: NewMessage): { id: number; inserted: boolean } {
-      const info = q.insertMessage.run(
-        m.chatJid,
-        m.platformId,
-        m.sender,
-        m.senderName,
-        m.text,
-        m.at,
-        m.isBot ? 1 : 0,
-        m.fromMe ? 1 : 0,
-        m.mayWake === false ? 0 : 1,
-        m.mentionsMe ? 1 : 0,
-        m.threadId ?? null,
-        m.attachments?.length ? JSON.stringify(m.attachments) : null,
+      const info = run(
+        `INSERT INTO messages (chat_jid, platform_id, sender, sender_name, text, at, is_bot, from_me,
+           may_wake, mentions_me, thread_id, attachments)
+         VALUES (@chatJid, @platformId, @sender, @senderName, @text, @at, @isBot, @fromMe, @mayWake,
+           @mentionsMe, @threadId, @attachments) ON CONFLICT (chat_jid, platform_id) DO NOTHING`,
+        {
+          ...m,
+          isBot: m.isBot ? 1 : 0,
+          fromMe: m.fromMe ? 1 : 0,
+          mayWake: m.mayWake === false ? 0 : 1,
+          mentionsMe: m.mentionsMe ? 1 : 0,
+          threadId: m.threadId ?? null,
+          attachments: m.attachments?.length ? JSON.stringify(m.attachments) : null,
+        },
       );
       if (info.changes === 1) return { id: Number(info.lastInsertRowid), inserted: true };
-      const row = q.messageByPlatformId.get(m.chatJid, m.platformId) as Row;
-      return { id: num(row.id), inserted: false };
+      const row = one('SELECT id FROM messages WHERE chat_jid = @chatJid AND platform_id = @platformId', m);
+      return { id: num(row?.id), inserted: false };
     },
     messagesAfter(chatJid: string, afterId: number, limit = 10_000): StoredMessage[] {
-      return (q.messagesAfter.all(chatJid, afterId, limit) as Row[]).map(toMessage);
+      const sql = 'SELECT * FROM messages WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?';
+      return all(sql, [chatJid, afterId, limit]).map(toMessage);
     },
     /** The platform id of the newest stored message posted in the chat itself (not a thread). */
     lastPlatformId(chatJid: string): string | undefined {
-      const r = q.lastPlatformId.get(chatJid) as Row | undefined;
+      // A scheduled task's prompt (`task-run-<n>`) is stored in its chat but never came from the platform.
+      const r = one(
+        `SELECT platform_id FROM messages WHERE chat_jid = ? AND thread_id IS NULL
+         AND platform_id NOT LIKE 'task-run-%' ORDER BY id DESC LIMIT 1`,
+        [chatJid],
+      );
       return r ? str(r.platform_id) : undefined;
     },
-    latestMessageId(chatJid: string): number {
-      return num((q.latestMessageId.get(chatJid) as Row).id);
-    },
+    latestMessageId,
 
-    group(jid: string): Group | undefined {
-      const r = q.group.get(jid) as Row | undefined;
-      return r && toGroup(r);
-    },
+    group,
     groupByFolder(folder: string): Group | undefined {
-      const r = q.groupByFolder.get(folder) as Row | undefined;
+      const r = one('SELECT * FROM groups WHERE folder = ?', [folder]);
       return r && toGroup(r);
     },
     groups(): Group[] {
-      return (q.groups.all() as Row[]).map(toGroup);
+      return all('SELECT * FROM groups ORDER BY created_at, jid').map(toGroup);
     },
     /** Registers a chat; its cursor starts at the chat's latest message, so history is context, not backlog. */
     addGroup(g: NewGroup, now: number): Group {
-      db.transaction(() => {
-        q.addGroup.run(
-          g.jid,
-          g.name,
-          g.folder,
-          g.trigger,
-          g.requiresTrigger ? 1 : 0,
-          g.isMain ? 1 : 0,
-          num((q.latestMessageId.get(g.jid) as Row).id),
-          now,
-        );
-      })();
-      return toGroup(q.group.get(g.jid) as Row);
+      run(
+        `INSERT INTO groups (jid, name, folder, trigger, requires_trigger, is_main, cursor, created_at)
+         VALUES (@jid, @name, @folder, @trigger, @requiresTrigger, @isMain,
+           (SELECT coalesce(max(id), 0) FROM messages WHERE chat_jid = @jid), @now)`,
+        { ...g, requiresTrigger: g.requiresTrigger ? 1 : 0, isMain: g.isMain ? 1 : 0, now },
+      );
+      return group(g.jid) as Group;
     },
     /** Sets (or with null clears) a group's egress allowlist. */
     setGroupEgress(jid: string, allow: readonly string[] | null): void {
-      q.setEgress.run(allow ? JSON.stringify(allow) : null, jid);
+      run('UPDATE groups SET egress_allow = ? WHERE jid = ?', [allow ? JSON.stringify(allow) : null, jid]);
     },
     setGroupMounts(jid: string, mounts: Group['mounts']): void {
-      q.setMounts.run(mounts.length ? JSON.stringify(mounts) : null, jid);
+      run('UPDATE groups SET mounts = ? WHERE jid = ?', [mounts.length ? JSON.stringify(mounts) : null, jid]);
     },
     removeGroup(jid: string): boolean {
-      return q.removeGroup.run(jid).changes === 1;
+      return run('DELETE FROM groups WHERE jid = ?', [jid]).changes === 1;
     },
-    advanceCursor(jid: string, to: number): void {
-      q.advanceCursor.run(to, jid);
-    },
+    advanceCursor,
     /** Chats of registered groups with stored messages past their cursor. */
     groupsWithUnprocessed(): string[] {
-      return (q.unprocessed.all() as Row[]).map((r) => str(r.jid));
+      return all(
+        `SELECT g.jid FROM groups g WHERE EXISTS
+           (SELECT 1 FROM messages m WHERE m.chat_jid = g.jid AND m.id > g.cursor AND m.from_me = 0)`,
+      ).map((r) => str(r.jid));
     },
 
     /** The group's Claude session and the cumulative cost the CLI last reported for it. */
     session(folder: string): { id: string; totalCostUsd: number } | undefined {
-      const r = q.session.get(folder) as Row | undefined;
+      const r = one('SELECT session_id, total_cost_usd FROM sessions WHERE group_folder = ?', [folder]);
       return r ? { id: str(r.session_id), totalCostUsd: num(r.total_cost_usd) } : undefined;
     },
     /** A resumed session's results carry the running total saved in its transcript. */
     setSessionCost(folder: string, totalCostUsd: number): void {
-      q.setSessionCost.run(totalCostUsd, folder);
+      run('UPDATE sessions SET total_cost_usd = ? WHERE group_folder = ?', [totalCostUsd, folder]);
     },
     setSession(folder: string, sessionId: string, now: number): void {
-      q.setSession.run(folder, sessionId, now);
+      run(
+        `INSERT INTO sessions (group_folder, session_id, updated_at) VALUES (?, ?, ?)
+         ON CONFLICT (group_folder) DO UPDATE SET session_id = excluded.session_id, updated_at = excluded.updated_at,
+           total_cost_usd = CASE WHEN session_id = excluded.session_id THEN total_cost_usd ELSE 0 END`,
+        [folder, sessionId, now],
+      );
     },
     clearSession(folder: string): void {
-      q.clearSession.run(folder);
+      run('DELETE FROM sessions WHERE group_folder = ?', [folder]);
     },
 
-    enqueueReply,
+    enqueueReply: db.transaction(
+      (r: {
+        chatJid: string;
+        text: string;
+        sender?: string;
+        replyTo?: string;
+        threadId?: string;
+        file?: string;
+        cursor?: number;
+        now: number;
+      }): number => {
+        const { lastInsertRowid } = run(
+          `INSERT INTO outbox (chat_jid, text, sender, reply_to, thread_id, file, next_attempt_at, created_at)
+           VALUES (@chatJid, @text, @sender, @replyTo, @threadId, @file, @now, @now)`,
+          { sender: null, replyTo: null, threadId: null, file: null, ...r },
+        );
+        // The reply and the cursor move together: after a crash a batch is either answered and
+        // marked, or neither (DESIGN, Invariant 1).
+        if (r.cursor !== undefined) advanceCursor(r.chatJid, r.cursor);
+        return Number(lastInsertRowid);
+      },
+    ),
     outboxDue(now: number): OutboxRow[] {
-      return (q.outboxDue.all(now) as Row[]).map(toOutbox);
+      return all(
+        "SELECT * FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT 100",
+        [now],
+      ).map(toOutbox);
     },
     outboxNextDue(): number | undefined {
-      const at = (q.outboxNextDue.get() as Row).at;
+      const at = one("SELECT min(next_attempt_at) AS at FROM outbox WHERE status = 'pending'")?.at;
       return at === null ? undefined : num(at);
     },
     outboxPendingCount(): number {
-      return num((q.outboxPendingCount.get() as Row).n);
+      return num(one("SELECT count(*) AS n FROM outbox WHERE status = 'pending'")?.n);
     },
     outboxAfter(chatJid: string, afterId: number, limit = 1000): OutboxRow[] {
-      return (q.outboxAfter.all(chatJid, afterId, limit) as Row[]).map(toOutbox);
+      const sql = 'SELECT * FROM outbox WHERE chat_jid = ? AND id > ? ORDER BY id LIMIT ?';
+      return all(sql, [chatJid, afterId, limit]).map(toOutbox);
     },
     latestOutboxId(chatJid: string): number {
-      return num((q.latestOutboxId.get(chatJid) as Row).id);
+      const sql = "SELECT coalesce(max(id), 0) AS id FROM outbox WHERE chat_jid = ? AND status = 'sent'";
+      return num(one(sql, [chatJid])?.id);
     },
     outboxRow(id: number): OutboxRow | undefined {
-      const r = q.outboxById.get(id) as Row | undefined;
+      const r = one('SELECT * FROM outbox WHERE id = ?', [id]);
       return r && toOutbox(r);
     },
     markSent(id: number, platformId: string | undefined, now: number): void {
-      q.markSent.run(now, platformId ?? null, id);
+      run(
+        "UPDATE outbox SET status = 'sent', sent_at = ?, platform_id = ?, attempts = attempts + 1 WHERE id = ?",
+        [now, platformId ?? null, id],
+      );
     },
     markRetry(id: number, error: string, nextAt: number, final: boolean): void {
-      q.markRetry.run(nextAt, error, final ? 'failed' : 'pending', id);
+      run(
+        'UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, error = ?, status = ? WHERE id = ?',
+        [nextAt, error, final ? 'failed' : 'pending', id],
+      );
     },
 
     startRun(groupFolder: string, chatJid: string, now: number): number {
-      return Number(q.startRun.run(groupFolder, chatJid, now).lastInsertRowid);
+      const sql = "INSERT INTO runs (group_folder, chat_jid, started_at, status) VALUES (?, ?, ?, 'running')";
+      return Number(run(sql, [groupFolder, chatJid, now]).lastInsertRowid);
     },
     finishRun(
       id: number,
@@ -517,31 +467,34 @@ export function openDb(file: string) {
         error?: string;
       },
     ): void {
-      q.finishRun.run(
-        r.now,
-        r.status,
-        r.inputTokens,
-        r.outputTokens,
-        r.costUsd,
-        r.sessionId ?? null,
-        r.error ?? null,
-        id,
+      run(
+        `UPDATE runs SET ended_at = @now, status = @status, input_tokens = @inputTokens,
+           output_tokens = @outputTokens, cost_usd = @costUsd, session_id = @sessionId, error = @error
+         WHERE id = @id`,
+        { sessionId: null, error: null, ...r, id },
       );
     },
     /** Runs left 'running' by a crash are closed as errors at start. */
     abandonRuns(now: number): void {
-      q.abandonRuns.run(now);
+      run(
+        "UPDATE runs SET status = 'error', error = 'orchestrator stopped', ended_at = ? WHERE status = 'running'",
+        [now],
+      );
     },
     recentRuns(limit = 20): RunRow[] {
-      return (q.recentRuns.all(limit) as Row[]).map(toRun);
+      return all('SELECT * FROM runs ORDER BY id DESC LIMIT ?', [limit]).map(toRun);
     },
     /** What a group's runs cost since `since` (their start). */
     costSince(folder: string, since: number): number {
-      return num((q.costSince.get(folder, since) as Row).c);
+      const sql =
+        'SELECT coalesce(sum(cost_usd), 0) AS c FROM runs WHERE group_folder = ? AND started_at >= ?';
+      return num(one(sql, [folder, since])?.c);
     },
     /** Messages from `sender` in the chat since `since` that could wake the agent. */
     recentWakers(chatJid: string, sender: string, since: number): number {
-      return num((q.recentWakers.get(chatJid, sender, since) as Row).n);
+      const sql = `SELECT count(*) AS n FROM messages WHERE chat_jid = ? AND sender = ? AND at > ?
+        AND may_wake = 1 AND from_me = 0`;
+      return num(one(sql, [chatJid, sender, since])?.n);
     },
   };
 }
