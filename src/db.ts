@@ -279,6 +279,10 @@ export function openDb(file: string) {
   return {
     raw: db,
     close: () => db.close(),
+    /** Queries on the store's connection, for the task store. */
+    run,
+    one,
+    all,
 
     upsertChat(jid: string, name: string, channel: string, at: number): void {
       run(

@@ -150,9 +150,7 @@ export function parseSchedule(
 }
 
 function firstRun(s: Schedule, tz: string, now: number): number | undefined {
-  if (s.type === 'once') return s.value;
-  if (s.type === 'interval') return now + s.value;
-  return new Cron(s.value, { timezone: tz }).nextRun(new Date(now))?.getTime();
+  return s.type === 'once' ? s.value : nextAfter(s, tz, now, now);
 }
 
 /** The run after one due at `due`, claimed at `now`: the first slot after `now` (missed slots run
@@ -210,10 +208,7 @@ const toRun = (r: Row): TaskRun => ({
   error: r.error === null ? null : String(r.error),
 });
 
-export type NewTask = Pick<
-  Task,
-  'groupFolder' | 'chatJid' | 'prompt' | 'schedule' | 'timezone' | 'contextMode'
-> & {
+export type NewTask = Omit<Task, 'id' | 'status' | 'failures' | 'createdAt' | 'nextRun'> & {
   nextRun: number;
 };
 
@@ -225,56 +220,35 @@ export interface Claimed {
   messageId?: number;
 }
 
-/** The tasks in the store (prepared on the store's own connection). */
-export function taskStore(db: Db) {
-  const raw = db.raw;
-  const q = {
-    insert: raw.prepare(
-      `INSERT INTO tasks (id, group_folder, chat_jid, prompt, schedule_type, schedule_value, timezone,
-         context_mode, status, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?)`,
-    ),
-    get: raw.prepare('SELECT * FROM tasks WHERE id = ?'),
-    all: raw.prepare("SELECT * FROM tasks WHERE status IN ('active', 'paused') ORDER BY created_at, id"),
-    due: raw.prepare("SELECT * FROM tasks WHERE status = 'active' AND next_run <= ? ORDER BY next_run"),
-    nextDue: raw.prepare("SELECT min(next_run) AS at FROM tasks WHERE status = 'active'"),
-    advance: raw.prepare('UPDATE tasks SET next_run = ?, status = ? WHERE id = ?'),
-    update: raw.prepare(
-      `UPDATE tasks SET prompt = ?, schedule_type = ?, schedule_value = ?, timezone = ?, next_run = ?
-       WHERE id = ?`,
-    ),
-    setStatus: raw.prepare('UPDATE tasks SET status = ?, next_run = ?, failures = ? WHERE id = ?'),
-    startRun: raw.prepare(
-      "INSERT INTO task_runs (task_id, due_at, started_at, status) VALUES (?, ?, ?, 'running')",
-    ),
-    finishRun: raw.prepare(
-      `UPDATE task_runs SET ended_at = ?, status = ?, result = ?, error = ? WHERE id = ? AND status = 'running'`,
-    ),
-    runsOf: raw.prepare('SELECT * FROM task_runs WHERE task_id = ? ORDER BY id DESC LIMIT ?'),
-    run: raw.prepare('SELECT * FROM task_runs WHERE id = ?'),
-    pendingInChat: raw.prepare(
-      `SELECT r.* FROM task_runs r JOIN messages m ON m.task_run_id = r.id
-       WHERE m.chat_jid = ? AND m.id <= ? AND r.status = 'running'`,
-    ),
-    failures: raw.prepare('UPDATE tasks SET failures = ? WHERE id = ?'),
-    abandon: raw.prepare(
-      `UPDATE task_runs SET status = 'error', error = 'interrupted by a restart', ended_at = ?
-       WHERE status = 'running' AND id NOT IN (SELECT task_run_id FROM messages WHERE task_run_id IS NOT NULL)`,
-    ),
-    answeredBefore: raw.prepare(
-      `UPDATE task_runs SET status = 'ok', result = 'answered before a restart', ended_at = ?
-       WHERE status = 'running' AND id IN (SELECT m.task_run_id FROM messages m
-         JOIN groups g ON g.jid = m.chat_jid WHERE m.task_run_id IS NOT NULL AND m.id <= g.cursor)`,
-    ),
-    linkMessage: raw.prepare('UPDATE messages SET task_run_id = ? WHERE id = ?'),
-  };
+const PAST_TENSE = { pause: 'paused', resume: 'resumed', cancel: 'cancelled' } as const;
 
-  const claimDue = raw.transaction((now: number): Claimed[] => {
+/** The tasks in the store (on the store's own connection). */
+export function taskStore(db: Db) {
+  const { run, one, all } = db;
+  const get = (id: string): Task | undefined => {
+    const r = one('SELECT * FROM tasks WHERE id = ?', [id]);
+    return r && toTask(r);
+  };
+  const setStatus = (id: string, status: Task['status'], nextRun: number | null, failures = 0): void => {
+    const sql = 'UPDATE tasks SET status = ?, next_run = ?, failures = ? WHERE id = ?';
+    run(sql, [status, nextRun, failures, id]);
+  };
+  const columns = (t: NewTask | Task) => ({
+    ...t,
+    scheduleType: t.schedule.type,
+    scheduleValue: String(t.schedule.value),
+  });
+
+  const claimDue = db.raw.transaction((now: number): Claimed[] => {
     const claimed: Claimed[] = [];
-    for (const task of (q.due.all(now) as Row[]).map(toTask)) {
-      const due = task.nextRun ?? now;
-      const next = nextAfter(task.schedule, task.timezone, due, now);
-      q.advance.run(next ?? null, next === undefined ? 'done' : 'active', task.id);
-      const runId = Number(q.startRun.run(task.id, due, now).lastInsertRowid);
+    const due = all("SELECT * FROM tasks WHERE status = 'active' AND next_run <= ? ORDER BY next_run", [now]);
+    for (const task of due.map(toTask)) {
+      const dueAt = task.nextRun ?? now;
+      const next = nextAfter(task.schedule, task.timezone, dueAt, now);
+      const status = next === undefined ? 'done' : 'active';
+      run('UPDATE tasks SET next_run = ?, status = ? WHERE id = ?', [next ?? null, status, task.id]);
+      const start = "INSERT INTO task_runs (task_id, due_at, started_at, status) VALUES (?, ?, ?, 'running')";
+      const runId = Number(run(start, [task.id, dueAt, now]).lastInsertRowid);
       if (task.contextMode === 'isolated') {
         claimed.push({ task, runId });
         continue;
@@ -290,7 +264,7 @@ export function taskStore(db: Db) {
         fromMe: false,
         mentionsMe: true, // wakes the agent like its trigger would
       });
-      q.linkMessage.run(runId, id);
+      run('UPDATE messages SET task_run_id = ? WHERE id = ?', [runId, id]);
       claimed.push({ task, runId, messageId: id });
     }
     return claimed;
@@ -299,51 +273,41 @@ export function taskStore(db: Db) {
   return {
     create(t: NewTask, now: number): Task {
       const id = `t-${randomBytes(4).toString('hex')}`;
-      q.insert.run(
-        id,
-        t.groupFolder,
-        t.chatJid,
-        t.prompt,
-        t.schedule.type,
-        String(t.schedule.value),
-        t.timezone,
-        t.contextMode,
-        t.nextRun,
-        now,
+      run(
+        `INSERT INTO tasks (id, group_folder, chat_jid, prompt, schedule_type, schedule_value, timezone,
+           context_mode, status, next_run, created_at) VALUES (@id, @groupFolder, @chatJid, @prompt,
+           @scheduleType, @scheduleValue, @timezone, @contextMode, 'active', @nextRun, @now)`,
+        { ...columns(t), id, now },
       );
-      return toTask(q.get.get(id) as Row);
+      return get(id) as Task;
     },
-    get(id: string): Task | undefined {
-      const r = q.get.get(id) as Row | undefined;
-      return r && toTask(r);
-    },
+    get,
     /** Active and paused tasks, of one group or of all. */
     list(groupFolder?: string): Task[] {
-      const all = (q.all.all() as Row[]).map(toTask);
-      return groupFolder === undefined ? all : all.filter((t) => t.groupFolder === groupFolder);
+      const tasks = all("SELECT * FROM tasks WHERE status IN ('active', 'paused') ORDER BY created_at, id");
+      return tasks.map(toTask).filter((t) => groupFolder === undefined || t.groupFolder === groupFolder);
     },
     update(t: Task): void {
-      q.update.run(t.prompt, t.schedule.type, String(t.schedule.value), t.timezone, t.nextRun, t.id);
+      run(
+        `UPDATE tasks SET prompt = @prompt, schedule_type = @scheduleType, schedule_value = @scheduleValue,
+           timezone = @timezone, next_run = @nextRun WHERE id = @id`,
+        columns(t),
+      );
     },
-    setStatus(id: string, status: Task['status'], nextRun: number | null, failures = 0): void {
-      q.setStatus.run(status, nextRun, failures, id);
-    },
+    setStatus,
     /** Pauses, resumes (from `now`) or cancels a task; the line saying what happened, or why not. */
     change(t: Task, action: 'pause' | 'resume' | 'cancel', now: number): { ok: boolean; line: string } {
-      if (action === 'pause') q.setStatus.run('paused', t.nextRun, t.failures, t.id);
-      if (action === 'cancel') q.setStatus.run('cancelled', null, 0, t.id);
+      if (action === 'pause') setStatus(t.id, 'paused', t.nextRun, t.failures);
+      if (action === 'cancel') setStatus(t.id, 'cancelled', null);
       if (action === 'resume') {
         const at = resumeAt(t, now);
         if (typeof at === 'string') return { ok: false, line: `${t.id} cannot resume: ${at}` };
-        q.setStatus.run('active', at, 0, t.id);
+        setStatus(t.id, 'active', at);
       }
-      return {
-        ok: true,
-        line: `${t.id} ${action === 'pause' ? 'paused' : action === 'cancel' ? 'cancelled' : 'resumed'}`,
-      };
+      return { ok: true, line: `${t.id} ${PAST_TENSE[action]}` };
     },
     nextDue(): number | undefined {
-      const at = (q.nextDue.get() as Row).at;
+      const at = one("SELECT min(next_run) AS at FROM tasks WHERE status = 'active'")?.at;
       return at === null ? undefined : Number(at);
     },
     claimDue,
@@ -356,34 +320,44 @@ export function taskStore(db: Db) {
       now: number,
       r: { ok: boolean; result?: string; error?: string },
     ): 'paused' | undefined {
-      const run = q.run.get(runId) as Row | undefined;
-      if (
-        !run ||
-        q.finishRun.run(now, r.ok ? 'ok' : 'error', r.result ?? null, r.error ?? null, runId).changes === 0
-      )
-        return undefined;
-      const task = q.get.get(String(run.task_id)) as Row | undefined;
+      const ended = run(
+        "UPDATE task_runs SET ended_at = ?, status = ?, result = ?, error = ? WHERE id = ? AND status = 'running'",
+        [now, r.ok ? 'ok' : 'error', r.result ?? null, r.error ?? null, runId],
+      );
+      if (ended.changes === 0) return undefined;
+      const task = get(String(one('SELECT task_id FROM task_runs WHERE id = ?', [runId])?.task_id));
       if (!task) return undefined;
-      const failures = r.ok ? 0 : Number(task.failures) + 1;
-      q.failures.run(failures, String(task.id));
-      if (failures >= MAX_FAILURES && task.status === 'active') {
-        q.setStatus.run('paused', task.next_run, failures, String(task.id));
-        return 'paused';
-      }
-      return undefined;
+      const failures = r.ok ? 0 : task.failures + 1;
+      run('UPDATE tasks SET failures = ? WHERE id = ?', [failures, task.id]);
+      if (failures < MAX_FAILURES || task.status !== 'active') return undefined;
+      setStatus(task.id, 'paused', task.nextRun, failures);
+      return 'paused';
     },
     /** Runs whose prompt is a message of this chat up to `upTo`, still running. */
     pendingInChat(chatJid: string, upTo: number): TaskRun[] {
-      return (q.pendingInChat.all(chatJid, upTo) as Row[]).map(toRun);
+      const sql = `SELECT r.* FROM task_runs r JOIN messages m ON m.task_run_id = r.id
+        WHERE m.chat_jid = ? AND m.id <= ? AND r.status = 'running'`;
+      return all(sql, [chatJid, upTo]).map(toRun);
     },
     runs(taskId: string, limit = 20): TaskRun[] {
-      return (q.runsOf.all(taskId, limit) as Row[]).map(toRun);
+      return all('SELECT * FROM task_runs WHERE task_id = ? ORDER BY id DESC LIMIT ?', [taskId, limit]).map(
+        toRun,
+      );
     },
     /** At start: isolated runs a crash interrupted end as errors (they are not run again); runs
      * whose prompt was answered just before the crash end as ok. */
     abandonRuns(now: number): void {
-      q.abandon.run(now);
-      q.answeredBefore.run(now);
+      run(
+        `UPDATE task_runs SET status = 'error', error = 'interrupted by a restart', ended_at = ?
+         WHERE status = 'running' AND id NOT IN (SELECT task_run_id FROM messages WHERE task_run_id IS NOT NULL)`,
+        [now],
+      );
+      run(
+        `UPDATE task_runs SET status = 'ok', result = 'answered before a restart', ended_at = ?
+         WHERE status = 'running' AND id IN (SELECT m.task_run_id FROM messages m
+           JOIN groups g ON g.jid = m.chat_jid WHERE m.task_run_id IS NOT NULL AND m.id <= g.cursor)`,
+        [now],
+      );
     },
   };
 }
