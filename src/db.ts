@@ -266,8 +266,6 @@ export function openDb(file: string) {
   const run = (sql: string, params: Params = []) => statement(sql).run(params);
   const one = (sql: string, params: Params = []) => statement(sql).get(params) as Row | undefined;
   const all = (sql: string, params: Params = []) => statement(sql).all(params) as Row[];
-  const latestMessageId = (chatJid: string): number =>
-    num(one('SELECT coalesce(max(id), 0) AS id FROM messages WHERE chat_jid = ?', [chatJid])?.id);
   const group = (jid: string): Group | undefined => {
     const r = one('SELECT * FROM groups WHERE jid = ?', [jid]);
     return r && toGroup(r);
@@ -335,7 +333,9 @@ export function openDb(file: string) {
       );
       return r ? str(r.platform_id) : undefined;
     },
-    latestMessageId,
+    latestMessageId(chatJid: string): number {
+      return num(one('SELECT coalesce(max(id), 0) AS id FROM messages WHERE chat_jid = ?', [chatJid])?.id);
+    },
 
     group,
     groupByFolder(folder: string): Group | undefined {

@@ -13,13 +13,12 @@ export interface OutboxDeps {
   now: () => number;
   setTimer: (fn: () => void, ms: number) => unknown;
   clearTimer: (t: unknown) => void;
-  maxAttempts?: number;
-  baseDelayMs?: number;
 }
 
+const MAX_ATTEMPTS = 8;
+const BASE_DELAY_MS = 1000;
+
 export function createOutbox(deps: OutboxDeps) {
-  const maxAttempts = deps.maxAttempts ?? 8;
-  const baseDelayMs = deps.baseDelayMs ?? 1000;
   let running: Promise<void> | undefined;
   let again = false;
   let timer: unknown;
@@ -47,8 +46,8 @@ export function createOutbox(deps: OutboxDeps) {
         const e =
           err instanceof ChannelError ? err : new ChannelError(String((err as Error)?.message ?? err));
         const attempts = row.attempts + 1;
-        const final = e.permanent || attempts >= maxAttempts;
-        const delay = Math.max(e.retryAfterMs ?? 0, baseDelayMs * 2 ** (attempts - 1));
+        const final = e.permanent || attempts >= MAX_ATTEMPTS;
+        const delay = Math.max(e.retryAfterMs ?? 0, BASE_DELAY_MS * 2 ** (attempts - 1));
         deps.db.markRetry(row.id, e.message, deps.now() + delay, final);
         const what = `outbox ${row.id} to ${row.chatJid}: ${e.message}`;
         if (final) deps.log.error(`${what}; giving up after ${attempts} tries (kept as failed)`);

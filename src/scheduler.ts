@@ -162,7 +162,7 @@ export function nextAfter(s: Schedule, tz: string, due: number, now: number): nu
 }
 
 /** The next run of a task resumed at `now`, or why it cannot resume. */
-export function resumeAt(t: Pick<Task, 'schedule' | 'timezone'>, now: number): number | string {
+function resumeAt(t: Pick<Task, 'schedule' | 'timezone'>, now: number): number | string {
   if (t.schedule.type === 'once' && t.schedule.value <= now) {
     return `its time ${new Date(t.schedule.value).toISOString()} has passed`;
   }
