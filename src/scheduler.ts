@@ -86,10 +86,8 @@ export function startOfDay(t: number, tz: string): number {
 const LOCAL_TIME = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2}))?$/;
 
 /** A wall-clock time in `tz` → epoch ms (the later reading, in a gap or overlap of DST). */
-function zonedToUtc(local: string, tz: string): number | undefined {
-  const m = LOCAL_TIME.exec(local);
-  if (!m) return undefined;
-  const [y, mo, d, h, mi, s] = m.slice(1).map((v) => Number(v ?? 0)) as number[];
+function zonedToUtc(local: RegExpExecArray, tz: string): number {
+  const [y, mo, d, h, mi, s] = local.slice(1).map((v) => Number(v ?? 0)) as number[];
   const guess = Date.UTC(y as number, (mo as number) - 1, d, h, mi, s);
   // The offsets on either side of any change that night; a reading is valid when the zone has
   // that offset at that instant (an overlap has two, a gap none: then the later one is taken).
@@ -136,10 +134,9 @@ export function parseSchedule(
     schedule = { type: 'interval', value: ms };
   } else {
     const at = input.at as string;
-    const local = LOCAL_TIME.test(at);
-    const ms = local ? zonedToUtc(at, timezone) : Date.parse(at);
-    if (ms === undefined || Number.isNaN(ms))
-      return `invalid time "${at}": use ISO 8601 like 2026-12-24T09:00`;
+    const local = LOCAL_TIME.exec(at);
+    const ms = local ? zonedToUtc(local, timezone) : Date.parse(at);
+    if (Number.isNaN(ms)) return `invalid time "${at}": use ISO 8601 like 2026-12-24T09:00`;
     if (ms <= now) return `the time ${at} is in the past`;
     if (local) note = `${at} was read in ${timezone}`;
     schedule = { type: 'once', value: ms };
@@ -340,9 +337,8 @@ export function taskStore(db: Db) {
       return all(sql, [chatJid, upTo]).map(toRun);
     },
     runs(taskId: string, limit = 20): TaskRun[] {
-      return all('SELECT * FROM task_runs WHERE task_id = ? ORDER BY id DESC LIMIT ?', [taskId, limit]).map(
-        toRun,
-      );
+      const sql = 'SELECT * FROM task_runs WHERE task_id = ? ORDER BY id DESC LIMIT ?';
+      return all(sql, [taskId, limit]).map(toRun);
     },
     /** At start: isolated runs a crash interrupted end as errors (they are not run again); runs
      * whose prompt was answered just before the crash end as ok. */
