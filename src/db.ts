@@ -1,5 +1,5 @@
 // The store: SQLite in WAL mode, numbered migrations on PRAGMA user_version, typed queries.
-// Rows become camelCase objects here and nowhere else. Cursors are message row ids, never times.
+// Rows become camelCase objects here (task rows: in scheduler.ts). Cursors are message row ids, never times.
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -207,7 +207,7 @@ const toRun = (r: Row): RunRow => ({
 export type Db = ReturnType<typeof openDb>;
 
 /** A chat id: `<channel>:<id>`. */
-export const CHAT_ID = /^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.@-]{1,128}$/;
+const CHAT_ID = /^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.@-]{1,128}$/;
 
 /** What registering a chat would store (the CLI's `groups add`, main's `register_group`), or one
  * line saying why it cannot be registered. */
