@@ -334,9 +334,7 @@ export function startAgentSession(
         ANTHROPIC_BASE_URL: 'http://localhost',
         // The per-run stand-in takes the form of the real credential, so the CLI speaks the
         // matching protocol (an OAuth token adds its beta header); the proxy swaps it.
-        ...(deps.credential.type === 'oauth'
-          ? { CLAUDE_CODE_OAUTH_TOKEN: token }
-          : { ANTHROPIC_API_KEY: token }),
+        [deps.credential.type === 'oauth' ? 'CLAUDE_CODE_OAUTH_TOKEN' : 'ANTHROPIC_API_KEY']: token,
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
         // Agent teams (teammates messaging each other) are still experimental in Claude Code.
         CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS: '1',
@@ -412,13 +410,12 @@ export function startAgentSession(
       return killed && !turnAnswered ? { ok: false, error: 'agent timed out' } : { ok: true };
     } catch (err) {
       const message = `${(err as Error).message}${stderrTail ? ` (stderr: ${stderrTail.trim().slice(-300)})` : ''}`;
-      const answered = turnAnswered;
       if (busy) endTurn('error', message);
       if (/No conversation found/i.test(message)) db.clearSession(group.folder);
       log.warn(`group ${group.folder}: agent failed: ${message}`);
       if (failure) return { ok: false, error: failure };
       // A turn that already answered, or a close we asked for, is not a failure to retry.
-      return answered || (closing && !killed) ? { ok: true } : { ok: false, error: firstLine(message) };
+      return turnAnswered || (closing && !killed) ? { ok: true } : { ok: false, error: firstLine(message) };
     } finally {
       deps.clearTimer(idleTimer);
       deps.clearTimer(silenceTimer);
