@@ -46,48 +46,30 @@ export interface SessionDeps {
   turnDone?: (t: { groupJid: string; upTo?: number; text: string; error?: string }) => void;
 }
 
-/** A one-shot run (a task in an isolated context): one prompt, a fresh session never stored. */
-export interface OneShot {
-  prompt: string;
-}
-
 /** An AsyncIterable the SDK reads prompts from; `end()` closes the session's input. */
 class Inbox implements AsyncIterable<SDKUserMessage> {
   private items: SDKUserMessage[] = [];
-  private waiter: ((r: IteratorResult<SDKUserMessage>) => void) | undefined;
+  private wakeUp: (() => void) | undefined;
   private ended = false;
 
   push(text: string, uuid: string): void {
-    const msg = {
-      type: 'user',
-      message: { role: 'user', content: text },
-      parent_tool_use_id: null,
-      uuid,
-    } as SDKUserMessage;
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = undefined;
-      w({ value: msg, done: false });
-    } else this.items.push(msg);
+    const msg = { type: 'user', message: { role: 'user', content: text }, parent_tool_use_id: null, uuid };
+    this.items.push(msg as SDKUserMessage);
+    this.wakeUp?.();
   }
 
   end(): void {
     this.ended = true;
-    if (this.waiter) this.waiter({ value: undefined, done: true });
-    this.waiter = undefined;
+    this.wakeUp?.();
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<SDKUserMessage> {
-    return {
-      next: () => {
-        const item = this.items.shift();
-        if (item) return Promise.resolve({ value: item, done: false });
-        if (this.ended) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => {
-          this.waiter = resolve;
-        });
-      },
-    };
+  async *[Symbol.asyncIterator](): AsyncGenerator<SDKUserMessage> {
+    for (;;) {
+      const item = this.items.shift();
+      if (item) yield item;
+      else if (this.ended) return;
+      else await new Promise<void>((resolve) => (this.wakeUp = resolve));
+    }
   }
 }
 
@@ -113,11 +95,12 @@ export function systemPromptFor(config: Config, group: Group): string {
   ].join('\n');
 }
 
+/** With `oneShot` (a task in an isolated context) the run takes one prompt in a fresh session never stored. */
 export function startAgentSession(
   deps: SessionDeps,
   groupJid: string,
   hooks: AgentHooks,
-  oneShot?: OneShot,
+  oneShot?: { prompt: string },
 ): LiveAgent {
   const { config, db, log } = deps;
   const initial = db.group(groupJid);
@@ -206,22 +189,18 @@ export function startAgentSession(
     inbox.end();
   }
 
-  function endTurn(result: {
-    status: 'ok' | 'error';
-    input: number;
-    output: number;
-    cost: number;
-    error?: string;
-  }) {
+  function endTurn(
+    status: 'ok' | 'error',
+    error?: string,
+    usage = { inputTokens: 0, outputTokens: 0, costUsd: 0 },
+  ) {
     if (runId !== undefined) {
       db.finishRun(runId, {
         now: deps.now(),
-        status: result.status,
-        inputTokens: result.input,
-        outputTokens: result.output,
-        costUsd: result.cost,
+        status,
+        ...usage,
         ...(sessionId ? { sessionId } : {}),
-        ...(result.error ? { error: result.error } : {}),
+        ...(error ? { error } : {}),
       });
     }
     runId = undefined;
@@ -269,7 +248,8 @@ export function startAgentSession(
     if (msg.type === 'result') {
       const delta =
         msg.total_cost_usd >= lastTotalCost ? msg.total_cost_usd - lastTotalCost : msg.total_cost_usd;
-      const cost = Math.round(delta * 1e9) / 1e9; // float noise from the subtraction
+      const costUsd = Math.round(delta * 1e9) / 1e9; // float noise from the subtraction
+      const usage = { inputTokens: msg.usage.input_tokens, outputTokens: msg.usage.output_tokens, costUsd };
       lastTotalCost = msg.total_cost_usd;
       if (sessionId && !oneShot) db.setSessionCost(group.folder, lastTotalCost);
       if (msg.subtype === 'error_max_budget_usd') {
@@ -281,8 +261,7 @@ export function startAgentSession(
         deps.replied(groupJid);
         batches.length = 0;
         deps.turnDone?.({ groupJid, text: turnText, error: 'run budget reached' });
-        const usage = { input: msg.usage.input_tokens, output: msg.usage.output_tokens, cost };
-        endTurn({ status: 'error', ...usage, error: 'run budget reached' });
+        endTurn('error', 'run budget reached', usage);
         close();
         return;
       }
@@ -299,38 +278,24 @@ export function startAgentSession(
         deps.turnDone?.({ groupJid, ...(upTo > 0 ? { upTo } : {}), text: turnText });
       } else deps.turnDone?.({ groupJid, text: turnText, error });
       turnText = '';
-      endTurn({
-        status: error ? 'error' : 'ok',
-        input: msg.usage.input_tokens,
-        output: msg.usage.output_tokens,
-        cost,
-        ...(error ? { error } : {}),
-      });
+      endTurn(error ? 'error' : 'ok', error, usage);
       // In streaming mode an API error ends the turn, not the CLI. Close it: the queue retries the
       // unanswered batches in a fresh sandbox, with backoff.
-      if (error && !turnAnswered) {
-        failure = error;
-        close();
-        return;
-      }
+      if (error && !turnAnswered) failure = error;
       // With a run budget each run gets a query of its own: the CLI counts the budget per query.
-      if (oneShot || config.maxRunCostUsd !== undefined) {
-        close();
-        return;
-      }
+      if (failure || oneShot || config.maxRunCostUsd !== undefined) close();
+      if (closing) return;
       // A prompt the turn did not consume is queued in the CLI: its turn starts at once.
-      if (batches.length > 0 && !closing) {
+      if (batches.length > 0) {
         beginTurn();
         return;
       }
-      if (!closing) {
-        hooks.idle();
-        deps.clearTimer(idleTimer);
-        idleTimer = deps.setTimer(() => {
-          log.info(`group ${group.folder}: idle for ${config.idleTimeoutMs} ms, closing the agent`);
-          close();
-        }, config.idleTimeoutMs);
-      }
+      hooks.idle();
+      deps.clearTimer(idleTimer);
+      idleTimer = deps.setTimer(() => {
+        log.info(`group ${group.folder}: idle for ${config.idleTimeoutMs} ms, closing the agent`);
+        close();
+      }, config.idleTimeoutMs);
     }
   }
 
@@ -369,9 +334,7 @@ export function startAgentSession(
         ANTHROPIC_BASE_URL: 'http://localhost',
         // The per-run stand-in takes the form of the real credential, so the CLI speaks the
         // matching protocol (an OAuth token adds its beta header); the proxy swaps it.
-        ...(deps.credential.type === 'oauth'
-          ? { CLAUDE_CODE_OAUTH_TOKEN: token }
-          : { ANTHROPIC_API_KEY: token }),
+        [deps.credential.type === 'oauth' ? 'CLAUDE_CODE_OAUTH_TOKEN' : 'ANTHROPIC_API_KEY']: token,
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
         // Agent teams (teammates messaging each other) are still experimental in Claude Code.
         CLAUDE_CODE_EXPERIMENTAL_AGENT_TEAMS: '1',
@@ -410,14 +373,17 @@ export function startAgentSession(
     });
     token = socket.token;
     proxyUrl = socket.url;
+    const archiveBeforeCompact = async (input: { transcript_path: string; session_id: string }) => {
+      archiveTranscript(p, input.transcript_path, input.session_id, deps.now(), log, group.folder);
+      return {};
+    };
     log.info(
       `group ${group.folder}: agent starting in ${deps.sandbox.kind}${sessionId ? `, resuming ${sessionId}` : ''}`,
     );
     try {
       // Loaded at the first run, not at start: the SDK is ~28 MiB of an idle orchestrator's RSS.
       const sdk = await import('@anthropic-ai/claude-agent-sdk');
-      const { query } = sdk;
-      const q = query({
+      const q = sdk.query({
         prompt: inbox,
         options: {
           cwd: p.group,
@@ -426,25 +392,7 @@ export function startAgentSession(
           env: {},
           settingSources: ['project'],
           settings: { skipWebFetchPreflight: true, autoMemoryEnabled: true },
-          hooks: {
-            PreCompact: [
-              {
-                hooks: [
-                  async (input) => {
-                    archiveTranscript(
-                      p,
-                      input.transcript_path,
-                      input.session_id,
-                      deps.now(),
-                      log,
-                      group.folder,
-                    );
-                    return {};
-                  },
-                ],
-              },
-            ],
-          },
+          hooks: { PreCompact: [{ hooks: [archiveBeforeCompact] }] },
           // Claude Code's own schedulers die with its session; tasks go through schedule_task.
           disallowedTools: ['CronCreate', 'CronList', 'CronDelete', 'ScheduleWakeup'],
           permissionMode: 'bypassPermissions',
@@ -457,18 +405,17 @@ export function startAgentSession(
         },
       });
       for await (const msg of q) handle(msg);
-      if (busy) endTurn({ status: 'error', input: 0, output: 0, cost: 0, error: 'agent ended mid-turn' });
+      if (busy) endTurn('error', 'agent ended mid-turn');
       if (failure) return { ok: false, error: failure };
       return killed && !turnAnswered ? { ok: false, error: 'agent timed out' } : { ok: true };
     } catch (err) {
       const message = `${(err as Error).message}${stderrTail ? ` (stderr: ${stderrTail.trim().slice(-300)})` : ''}`;
-      const answered = turnAnswered;
-      if (busy) endTurn({ status: 'error', input: 0, output: 0, cost: 0, error: message });
+      if (busy) endTurn('error', message);
       if (/No conversation found/i.test(message)) db.clearSession(group.folder);
       log.warn(`group ${group.folder}: agent failed: ${message}`);
       if (failure) return { ok: false, error: failure };
       // A turn that already answered, or a close we asked for, is not a failure to retry.
-      return answered || (closing && !killed) ? { ok: true } : { ok: false, error: firstLine(message) };
+      return turnAnswered || (closing && !killed) ? { ok: true } : { ok: false, error: firstLine(message) };
     } finally {
       deps.clearTimer(idleTimer);
       deps.clearTimer(silenceTimer);
@@ -516,16 +463,13 @@ export function archiveTranscript(
       }
       if (entry.type !== 'user' && entry.type !== 'assistant') continue;
       const content = entry.message?.content;
-      const text =
+      const blocks: { type?: string; text?: string }[] =
         typeof content === 'string'
-          ? content
+          ? [{ type: 'text', text: content }]
           : Array.isArray(content)
             ? content
-                .flatMap((b: { type?: string; text?: string }) =>
-                  b.type === 'text' && b.text ? [b.text] : [],
-                )
-                .join('\n')
-            : '';
+            : [];
+      const text = blocks.flatMap((b) => (b.type === 'text' && b.text ? [b.text] : [])).join('\n');
       if (text.trim()) lines.push(`**${entry.type === 'user' ? 'Chat' : 'Assistant'}:** ${text.trim()}\n`);
     }
     const dir = path.join(p.group, 'conversations');

@@ -63,7 +63,7 @@ export function createGroupQueue(deps: GroupQueueDeps) {
   const maxTries = deps.maxTries ?? 5;
   let stopping = false;
 
-  const liveCount = () => [...entries.values()].filter((e) => e.state === 'live').length;
+  const live = () => [...entries.values()].filter((e) => e.state === 'live');
 
   function start(key: string): void {
     const entry: Entry = {
@@ -94,20 +94,17 @@ export function createGroupQueue(deps: GroupQueueDeps) {
       finished(key, { ok: false, error: err instanceof Error ? err.message : String(err) }, false);
       return;
     }
-    entry.agent.done.then(
-      (outcome) => finished(key, entry.ended ? { ok: true } : outcome, entry.again),
-      (err: unknown) =>
-        finished(key, entry.ended ? { ok: true } : { ok: false, error: String(err) }, entry.again),
-    );
+    entry.agent.done
+      .catch((err: unknown): AgentOutcome => ({ ok: false, error: String(err) }))
+      .then((outcome) => finished(key, entry.ended ? { ok: true } : outcome, entry.again));
   }
 
   /** Closes idle agents, least recently used first, while groups wait for a slot. */
   function reclaim(): void {
-    const live = [...entries.values()].filter((e) => e.state === 'live');
-    const free = deps.maxConcurrent - live.length;
-    const closing = live.filter((e) => e.closing).length;
-    let needed = waiting.length - free - closing;
-    const idle = live.filter((e) => e.idle && !e.closing).sort((a, b) => a.lastActive - b.lastActive);
+    const agents = live();
+    const closing = agents.filter((e) => e.closing).length;
+    let needed = waiting.length - (deps.maxConcurrent - agents.length) - closing;
+    const idle = agents.filter((e) => e.idle && !e.closing).sort((a, b) => a.lastActive - b.lastActive);
     for (const e of idle) {
       if (needed <= 0) break;
       e.closing = true;
@@ -117,7 +114,7 @@ export function createGroupQueue(deps: GroupQueueDeps) {
   }
 
   function drain(): void {
-    while (!stopping && waiting.length > 0 && liveCount() < deps.maxConcurrent) {
+    while (!stopping && waiting.length > 0 && live().length < deps.maxConcurrent) {
       start(waiting.shift() as string);
     }
     if (!stopping) reclaim();
@@ -125,7 +122,11 @@ export function createGroupQueue(deps: GroupQueueDeps) {
 
   function finished(key: string, outcome: AgentOutcome, again: boolean): void {
     entries.delete(key);
-    if (!outcome.ok && !stopping) {
+    if (outcome.ok) {
+      tries.delete(key);
+      // Back of the line: a group that waited for this slot goes first (round-robin).
+      if (again && !stopping) wait(key);
+    } else if (!stopping) {
       const n = (tries.get(key) ?? 0) + 1;
       if (n < maxTries) {
         tries.set(key, n);
@@ -140,15 +141,13 @@ export function createGroupQueue(deps: GroupQueueDeps) {
         tries.delete(key);
         deps.onGiveUp(key, outcome.error, n);
       }
-    } else if (outcome.ok) {
-      tries.delete(key);
-      // Back of the line: a group that waited for this slot goes first (round-robin).
-      if (again && !stopping) {
-        entries.set(key, { state: 'waiting' });
-        waiting.push(key);
-      }
     }
     drain();
+  }
+
+  function wait(key: string): void {
+    entries.set(key, { state: 'waiting' });
+    waiting.push(key);
   }
 
   /** There is new work for `key`: hand it to the live agent, or start one, or wait for a slot. */
@@ -165,13 +164,12 @@ export function createGroupQueue(deps: GroupQueueDeps) {
       return;
     }
     if (entry) return; // waiting or retrying: that run will see the new work
-    if (liveCount() < deps.maxConcurrent) {
+    if (live().length < deps.maxConcurrent) {
       start(key);
-    } else {
-      entries.set(key, { state: 'waiting' });
-      waiting.push(key);
-      reclaim();
+      return;
     }
+    wait(key);
+    reclaim();
   }
 
   return {
@@ -195,8 +193,7 @@ export function createGroupQueue(deps: GroupQueueDeps) {
           e.closing = true;
           e.agent.close();
           done.push(e.agent.done.catch(() => undefined));
-        }
-        if (e.state !== 'live') entries.delete(key);
+        } else entries.delete(key);
       }
       await Promise.all(done);
     },
@@ -219,9 +216,7 @@ export function createGroupQueue(deps: GroupQueueDeps) {
     },
     /** After a bounded stop: kills whatever is still live. */
     kill(): void {
-      for (const e of entries.values()) if (e.state === 'live') e.agent.kill();
+      for (const e of live()) e.agent.kill();
     },
   };
 }
-
-export type GroupQueue = ReturnType<typeof createGroupQueue>;

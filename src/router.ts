@@ -167,14 +167,8 @@ function cutMarker(left: number): string {
   return `\n[… ${left} ${left === 1 ? 'character' : 'characters'} left out]`;
 }
 
-interface MessageParts {
-  open: string;
-  /** Text with unsafe characters removed, not yet escaped. */
-  text: string;
-  close: string;
-}
-
-function messageParts(message: PromptMessage, timeOf: (at: number) => string): MessageParts {
+/** A message's line in three parts; the text has unsafe characters removed but is not yet escaped. */
+function messageParts(message: PromptMessage, timeOf: (at: number) => string) {
   const sender = message.senderName || message.sender;
   const attachments = (message.attachments ?? []).map((p) => `<attachment path="${escapeXml(p)}"/>`);
   return {
@@ -326,37 +320,24 @@ interface Fence {
   reopen: string;
 }
 
-interface OpenFence {
-  openLine: number;
-  from: number;
-  /** Start of the line after the opening fence line. */
-  bodyLine: number;
-  reopen: string;
-}
-
-function closeFence(
-  text: string,
-  open: OpenFence,
-  closeLine: number,
-  to: number,
-  closeLineEnd: number,
-): Fence {
-  const body = text.slice(open.bodyLine, closeLine);
-  const blank = body.trim() === '';
-  return {
-    openLine: open.openLine,
-    from: open.from,
-    to,
-    bodyStart: blank ? closeLine : open.bodyLine + body.length - body.trimStart().length,
-    bodyEnd: blank ? closeLine : open.bodyLine + body.trimEnd().length,
-    closeLineEnd,
-    reopen: open.reopen,
-  };
-}
-
 function findFences(text: string): Fence[] {
   const fences: Fence[] = [];
-  let open: OpenFence | undefined;
+  let open: { openLine: number; from: number; bodyLine: number; reopen: string } | undefined;
+  const close = (closeLine: number, to: number, closeLineEnd: number): void => {
+    if (!open) return;
+    const body = text.slice(open.bodyLine, closeLine);
+    const blank = body.trim() === '';
+    fences.push({
+      openLine: open.openLine,
+      from: open.from,
+      to,
+      bodyStart: blank ? closeLine : open.bodyLine + body.length - body.trimStart().length,
+      bodyEnd: blank ? closeLine : open.bodyLine + body.trimEnd().length,
+      closeLineEnd,
+      reopen: open.reopen,
+    });
+    open = undefined;
+  };
   for (let lineStart = 0; lineStart <= text.length; ) {
     const newline = text.indexOf('\n', lineStart);
     const lineEnd = newline === -1 ? text.length : newline;
@@ -364,17 +345,15 @@ function findFences(text: string): Fence[] {
     if (ticks) {
       const from = lineStart + ticks[0].length;
       const info = text.slice(from, lineEnd).trim();
-      if (open) {
-        fences.push(closeFence(text, open, lineStart, from, lineEnd));
-        open = undefined;
-      } else if (!info.includes('```')) {
+      if (open) close(lineStart, from, lineEnd);
+      else if (!info.includes('```')) {
         const reopen = `\`\`\`${info.length <= MAX_REOPEN_INFO ? info : ''}\n`;
         open = { openLine: lineStart, from, bodyLine: lineEnd + 1, reopen };
       }
     }
     lineStart = lineEnd + 1;
   }
-  if (open) fences.push(closeFence(text, open, text.length, Number.POSITIVE_INFINITY, text.length));
+  close(text.length, Number.POSITIVE_INFINITY, text.length);
   return fences;
 }
 
@@ -405,12 +384,11 @@ function resumeAt(text: string, from: number, maxIndent: number): number {
   return stop - lineStart < maxIndent ? lineStart : stop;
 }
 
-function isHighSurrogate(code: number): boolean {
-  return code >= 0xd800 && code <= 0xdbff;
-}
-
-function isLowSurrogate(code: number): boolean {
-  return code >= 0xdc00 && code <= 0xdfff;
+/** Whether a cut at `at` would split a surrogate pair. */
+function splitsPair(text: string, at: number): boolean {
+  const high = text.charCodeAt(at - 1);
+  const low = text.charCodeAt(at);
+  return high >= 0xd800 && high <= 0xdbff && low >= 0xdc00 && low <= 0xdfff;
 }
 
 /** The latest of `ends` (ascending) that `fits`. */
@@ -480,14 +458,13 @@ function chooseCutEnd(text: string, fences: readonly Fence[], pos: number, room:
     if (graphemes.containing(end - pos)?.index === end - pos && inWord(end) && fits(end)) return end;
   }
   for (let end = last; end > content; end--) {
-    const splitsPair = isHighSurrogate(text.charCodeAt(end - 1)) && isLowSurrogate(text.charCodeAt(end));
-    if (!splitsPair && inWord(end) && fits(end)) return end;
+    if (!splitsPair(text, end) && inWord(end) && fits(end)) return end;
   }
 
   // Only a pathological text gets here (say, a fence line longer than the limit): cut as late as a
   // closer still fits and let the fences fall where they may.
   let end = pos + room - FENCE_CLOSER.length;
-  if (isHighSurrogate(text.charCodeAt(end - 1)) && isLowSurrogate(text.charCodeAt(end))) end -= 1;
+  if (splitsPair(text, end)) end -= 1;
   return pos + text.slice(pos, end).trimEnd().length;
 }
 
