@@ -358,7 +358,7 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, out: Out, e
     const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
     if (cmd === 'setup') {
       const installService = () => serviceCommand(['install'], service, out, err);
-      return await setupCommand(args, { env, installService }, out, err);
+      return await setupCommand(args, { env, installService }, out);
     }
     if (cmd === 'service') return await serviceCommand(args, service, out, err);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
