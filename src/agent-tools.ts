@@ -88,11 +88,22 @@ export function nanoclawServer(
   const me = ctx.group;
   const refuse = (why: string): Result => {
     ctx.log.warn(`group ${me.folder}: tool refused: ${why}`);
-    return { content: [{ type: 'text', text: why }], isError: true };
+    return { ...ok(why), isError: true };
   };
-  const registeredChat = (chat: string | undefined): Group | string => {
-    const g = ctx.db.group(chat ?? me.jid);
-    return g ?? `chat ${chat} is not registered (list_groups shows the chats)`;
+  const registeredChat = (chat: string | undefined): Group | string =>
+    ctx.db.group(chat ?? me.jid) ?? `chat ${chat} is not registered (list_groups shows the chats)`;
+  // The host path of a real file in the group's folder, reached through no symlink at all (an
+  // agent may plant `dir -> /etc`); undefined for anything else.
+  const ownFile = (guestPath: string): string | undefined => {
+    const rel = path.posix.relative(GUEST.group, path.posix.resolve(GUEST.group, guestPath));
+    const file = path.join(ctx.groupsDir, me.folder, rel);
+    try {
+      return !rel.startsWith('..') && realpathSync(file) === file && lstatSync(file).isFile()
+        ? file
+        : undefined;
+    } catch {
+      return undefined; // missing
+    }
   };
   const ownTask = (id: string): Task | string => {
     const t = ctx.tasks.get(id);
@@ -115,28 +126,9 @@ export function nanoclawServer(
         if (denied) return refuse(denied);
         const target = registeredChat(a.chat);
         if (typeof target === 'string') return refuse(target);
-        let file: string | undefined;
-        if (a.file !== undefined) {
-          const own = path.join(ctx.groupsDir, me.folder);
-          const rel = path.posix.relative(GUEST.group, path.posix.resolve(GUEST.group, a.file));
-          file = path.join(own, rel);
-          // A real file, reached through no symlink at all (an agent may plant `dir -> /etc`).
-          let real: string | undefined;
-          try {
-            real = realpathSync(file);
-          } catch {
-            real = undefined; // missing: refused below
-          }
-          if (rel.startsWith('..') || real !== file || !lstatSync(file).isFile())
-            return refuse(`${a.file} is not a file in your folder`);
-        }
-        ctx.db.enqueueReply({
-          chatJid: target.jid,
-          text: a.text,
-          ...(a.sender ? { sender: a.sender } : {}),
-          ...(file ? { file } : {}),
-          now: ctx.now(),
-        });
+        const file = a.file === undefined ? undefined : ownFile(a.file);
+        if (a.file !== undefined && !file) return refuse(`${a.file} is not a file in your folder`);
+        ctx.db.enqueueReply({ chatJid: target.jid, text: a.text, sender: a.sender, file, now: ctx.now() });
         ctx.delivered();
         return ok(`sent to ${target.jid}`);
       },
@@ -191,13 +183,8 @@ export function nanoclawServer(
         if (typeof t === 'string') return refuse(t);
         const next: Task = { ...t, ...(a.prompt ? { prompt: a.prompt } : {}) };
         let note = '';
-        if (
-          a.cron !== undefined ||
-          a.every_ms !== undefined ||
-          a.at !== undefined ||
-          a.timezone !== undefined
-        ) {
-          const given = a.cron !== undefined || a.every_ms !== undefined || a.at !== undefined;
+        const given = a.cron !== undefined || a.every_ms !== undefined || a.at !== undefined;
+        if (given || a.timezone !== undefined) {
           const input = given ? a : { ...scheduleInput(t), ...(a.timezone ? { timezone: a.timezone } : {}) };
           const s = parseSchedule(input, ctx.timezone, ctx.now());
           if (typeof s === 'string') return refuse(s);
@@ -246,18 +233,8 @@ export function nanoclawServer(
       async (a) => {
         const denied = authorize(me, 'register');
         if (denied) return refuse(denied);
-        const plan = planGroup(
-          ctx.db,
-          {
-            chat: a.chat,
-            name: a.name,
-            ...(a.folder !== undefined ? { folder: a.folder } : {}),
-            ...(a.trigger !== undefined ? { trigger: a.trigger } : {}),
-            ...(a.requires_trigger !== undefined ? { requiresTrigger: a.requires_trigger } : {}),
-            ...(a.main !== undefined ? { main: a.main } : {}),
-          },
-          ctx.assistantName,
-        );
+        const { requires_trigger: requiresTrigger, ...rest } = a;
+        const plan = planGroup(ctx.db, { ...rest, requiresTrigger }, ctx.assistantName);
         if (typeof plan === 'string') return refuse(plan);
         const g = ctx.db.addGroup(plan, ctx.now());
         ctx.registered(g);

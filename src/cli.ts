@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { addedChannels } from './channels/added.js';
-import { type Config, ConfigError, loadConfig } from './config.js';
+import { type Config, loadConfig } from './config.js';
 import { type Db, type Group, openDb, planGroup, SCHEMA_VERSION } from './db.js';
 import { globProblem } from './egress.js';
 import { createLogger } from './log.js';
@@ -25,6 +25,8 @@ import { describeSchedule, TASKS_CHANGED, type Task, taskStore } from './schedul
 import { logsCommand, serviceCommand } from './service.js';
 import { setupCommand } from './setup.js';
 import { statusCommand } from './status.js';
+
+type Out = (s: string) => void;
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -65,12 +67,11 @@ Usage:
 
 Configuration comes from $NANOCLAW_HOME/.env and the environment (see README).`;
 
-export function findGroup(db: Db, ref: string): Group | undefined {
+function findGroup(db: Db, ref: string): Group | undefined {
   return db.group(ref) ?? db.groupByFolder(ref);
 }
 
-function groupsCommand(db: Db, args: string[], config: Config, out: (s: string) => void): void {
-  const assistantName = config.assistantName;
+function groupsCommand(db: Db, args: string[], config: Config, out: Out): void {
   const [sub, ...rest] = args;
   if (sub === 'list') {
     const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true });
@@ -105,21 +106,11 @@ function groupsCommand(db: Db, args: string[], config: Config, out: (s: string) 
     const chat = positionals[0];
     if (!chat || positionals.length > 1) throw new UsageError('groups add takes exactly one chat id');
     if (!values.name?.trim()) throw new UsageError('groups add needs --name <name>');
-    if (values.trigger !== undefined && values['no-trigger']) {
+    if (values.trigger !== undefined && values['no-trigger'])
       throw new UsageError('--trigger and --no-trigger exclude each other');
-    }
-    const plan = planGroup(
-      db,
-      {
-        chat,
-        name: values.name,
-        ...(values.folder !== undefined ? { folder: values.folder } : {}),
-        ...(values.trigger !== undefined ? { trigger: values.trigger } : {}),
-        requiresTrigger: !values['no-trigger'],
-        main: values.main ?? false,
-      },
-      assistantName,
-    );
+    const { name, folder, trigger, main = false } = values;
+    const requiresTrigger = !values['no-trigger'];
+    const plan = planGroup(db, { chat, name, folder, trigger, requiresTrigger, main }, config.assistantName);
     if (typeof plan === 'string') throw new UsageError(plan);
     const g = db.addGroup(plan, Date.now());
     out(`registered ${g.jid} as "${g.name}" in groups/${g.folder}`);
@@ -151,9 +142,8 @@ function groupsCommand(db: Db, args: string[], config: Config, out: (s: string) 
       throw new UsageError('groups set takes exactly one chat id or folder');
     const g = findGroup(db, ref);
     if (!g) throw new UsageError(`no registered group ${ref}`);
-    if (values.egress === undefined && !values.mount && !values['clear-mounts']) {
+    if (values.egress === undefined && !values.mount && !values['clear-mounts'])
       throw new UsageError('groups set needs --egress, --mount or --clear-mounts');
-    }
     if (values.mount || values['clear-mounts'])
       setMounts(db, g, values.mount ?? [], !!values['clear-mounts'], config, out);
     if (values.egress === undefined) return;
@@ -178,14 +168,7 @@ function groupsCommand(db: Db, args: string[], config: Config, out: (s: string) 
 }
 
 /** Adds mounts (each judged against the allowlist now) or clears them; one refusal changes nothing. */
-function setMounts(
-  db: Db,
-  g: Group,
-  specs: string[],
-  clear: boolean,
-  config: Config,
-  out: (s: string) => void,
-): void {
+function setMounts(db: Db, g: Group, specs: string[], clear: boolean, config: Config, out: Out): void {
   const home = os.homedir();
   const allowlistPath = defaultAllowlistPath();
   let list: MountAllowlist | undefined;
@@ -214,7 +197,7 @@ function setMounts(
   );
 }
 
-function tasksCommand(db: Db, args: string[], config: Config, out: (s: string) => void): void {
+function tasksCommand(db: Db, args: string[], config: Config, out: Out): void {
   const tasks = taskStore(db);
   const [sub, ...rest] = args;
   const line = (t: Task) =>
@@ -228,9 +211,8 @@ function tasksCommand(db: Db, args: string[], config: Config, out: (s: string) =
     return;
   }
   const id = rest[0];
-  if (!sub || !['show', 'runs', 'pause', 'resume', 'cancel'].includes(sub)) {
+  if (!sub || !['show', 'runs', 'pause', 'resume', 'cancel'].includes(sub))
     throw new UsageError('tasks takes list, show, runs, pause, resume or cancel');
-  }
   if (!id || rest.length > 1) throw new UsageError(`tasks ${sub} takes exactly one task id`);
   const t = tasks.get(id);
   if (!t) throw new UsageError(`no task ${id}`);
@@ -260,7 +242,7 @@ function tasksCommand(db: Db, args: string[], config: Config, out: (s: string) =
 }
 
 /** `memory log|diff|restore`: the history of a group folder, kept by src/provenance.ts. */
-async function memoryCommand(db: Db, args: string[], config: Config, out: (s: string) => void) {
+async function memoryCommand(db: Db, args: string[], config: Config, out: Out) {
   const [sub, ref, ...rest] = args;
   const usage = {
     log: '<chat|folder>',
@@ -270,17 +252,15 @@ async function memoryCommand(db: Db, args: string[], config: Config, out: (s: st
   if (sub !== 'log' && sub !== 'diff' && sub !== 'restore')
     throw new UsageError('memory takes log, diff or restore');
   const max = { log: 0, diff: 1, restore: 2 }[sub];
-  if (!ref || rest.length > max || (sub === 'restore' && !rest[0])) {
+  if (!ref || rest.length > max || (sub === 'restore' && !rest[0]))
     throw new UsageError(`usage: nanoclaw memory ${sub} ${usage[sub]}`);
-  }
   const g = findGroup(db, ref);
   if (!g) throw new UsageError(`no registered group ${ref}`);
   if (sub === 'log') {
     const commits = await log(config, g.folder);
     if (commits.length === 0) out(`no history of groups/${g.folder} yet`);
-    for (const c of commits) {
+    for (const c of commits)
       out(`${c.id.slice(0, 12)}\t${new Date(c.at).toISOString()}\t${c.message}\t${c.files.join(', ')}`);
-    }
   } else if (sub === 'diff') {
     const text = (await diff(config, g.folder, rest[0])).trimEnd();
     out(text || `groups/${g.folder} has not changed since its last commit`);
@@ -293,7 +273,7 @@ async function memoryCommand(db: Db, args: string[], config: Config, out: (s: st
 }
 
 /** Checks what `start` needs: one line per check, ✓ or ✗ with the fix; exits 1 on any ✗. */
-async function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): Promise<number> {
+async function doctor(env: NodeJS.ProcessEnv, out: Out): Promise<number> {
   let failed = false;
   const check = (ok: boolean, line: string) => {
     out(`${ok ? '✓' : '✗'} ${line}`);
@@ -315,12 +295,10 @@ async function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): Promise
   } catch (e) {
     check(false, `sandbox: ${(e as Error).message}`);
   }
-  const db = openDb(path.join(config.storeDir, 'messages.db'));
+  const store = path.join(config.storeDir, 'messages.db');
+  const db = openDb(store);
   try {
-    check(
-      true,
-      `store ${path.join(config.storeDir, 'messages.db')} (schema ${SCHEMA_VERSION}, ${db.groups().length} groups)`,
-    );
+    check(true, `store ${store} (schema ${SCHEMA_VERSION}, ${db.groups().length} groups)`);
     // Channels added by skills check their variables when made; nothing starts and nothing is written.
     for (const add of addedChannels) {
       try {
@@ -340,17 +318,13 @@ async function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): Promise
   } finally {
     db.close();
   }
-  const credential = config.anthropicApiKey
-    ? 'ANTHROPIC_API_KEY'
-    : config.claudeOauthToken
-      ? 'CLAUDE_CODE_OAUTH_TOKEN'
-      : undefined;
-  check(
-    credential !== undefined,
-    credential
-      ? `model credential ${credential}`
-      : 'model credential: none, so agents only answer with a notice: put ANTHROPIC_API_KEY=… in .env (or run nanoclaw setup)',
-  );
+  if (config.anthropicApiKey) check(true, 'model credential ANTHROPIC_API_KEY');
+  else if (config.claudeOauthToken) check(true, 'model credential CLAUDE_CODE_OAUTH_TOKEN');
+  else
+    check(
+      false,
+      'model credential: none, so agents only answer with a notice: put ANTHROPIC_API_KEY=… in .env (or run nanoclaw setup)',
+    );
   check(
     true,
     config.discordBotToken
@@ -365,12 +339,7 @@ async function doctor(env: NodeJS.ProcessEnv, out: (s: string) => void): Promise
 }
 
 /** Runs one command; returns the exit code. Output goes through `out`/`err`. */
-export async function runCli(
-  argv: string[],
-  env: NodeJS.ProcessEnv,
-  out: (s: string) => void,
-  err: (s: string) => void,
-): Promise<number> {
+export async function runCli(argv: string[], env: NodeJS.ProcessEnv, out: Out, err: Out): Promise<number> {
   const [cmd, ...args] = argv;
   if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help' || args.includes('--help')) {
     out(HELP);
@@ -383,35 +352,19 @@ export async function runCli(
       return 0;
     }
     if (cmd === 'doctor') return await doctor(env, out);
-    if (cmd === 'setup') {
-      const config = loadConfig(env);
-      const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
-      return await setupCommand(
-        args,
-        { env, installService: () => serviceCommand(['install'], service, out, err) },
-        out,
-        err,
-      );
-    }
-    if (cmd === 'service') {
-      const config = loadConfig(env);
-      const ctx = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
-      return await serviceCommand(args, ctx, out, err);
-    }
-    if (cmd === 'logs') {
-      const config = loadConfig(env);
-      const db = openDb(path.join(config.storeDir, 'messages.db'));
-      try {
-        return await logsCommand(args, { home: config.home, group: (r) => findGroup(db, r) }, out, err);
-      } finally {
-        db.close();
-      }
-    }
-    if (cmd !== 'groups' && cmd !== 'tasks' && cmd !== 'memory' && cmd !== 'status')
+    if (!['setup', 'service', 'logs', 'groups', 'tasks', 'memory', 'status'].includes(cmd))
       throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
     const config = loadConfig(env);
+    const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
+    if (cmd === 'setup') {
+      const installService = () => serviceCommand(['install'], service, out, err);
+      return await setupCommand(args, { env, installService }, out);
+    }
+    if (cmd === 'service') return await serviceCommand(args, service, out, err);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {
+      if (cmd === 'logs')
+        return await logsCommand(args, { home: config.home, group: (r) => findGroup(db, r) }, out, err);
       if (cmd === 'status') return await statusCommand(args, { config, db }, out, err);
       if (cmd === 'groups') groupsCommand(db, args, config, out);
       else if (cmd === 'memory') await memoryCommand(db, args, config, out);
@@ -421,10 +374,7 @@ export async function runCli(
     }
     return 0;
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ConfigError) err(`nanoclaw: ${e.message}`);
-    else if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS'))
-      err(`nanoclaw: ${(e as Error).message}`);
-    else err(`nanoclaw: ${(e as Error).message}`);
+    err(`nanoclaw: ${(e as Error).message}`);
     return 1;
   }
 }

@@ -21,7 +21,7 @@ import { startAgentSession } from './agent-session.js';
 import type { ToolContext } from './agent-tools.js';
 import { addedChannels } from './channels/added.js';
 import type { Channel, InboundMessage, IngestResult } from './channels/channel.js';
-import { createWebChannel, WEB_CHAT, type WebChannel } from './channels/web.js';
+import { createWebChannel, type WebChannel } from './channels/web.js';
 import type { Config } from './config.js';
 import type { Egress, ModelCredential } from './credential-proxy.js';
 import { type Db, type Group, openDb } from './db.js';
@@ -49,6 +49,7 @@ import {
   TASKS_CHANGED,
   taskStore,
 } from './scheduler.js';
+import { nextTasks } from './status.js';
 
 export interface OrchestratorDeps {
   log: Logger;
@@ -68,6 +69,8 @@ export interface OrchestratorDeps {
   egress?: { resolve?: Resolve; dial?: Egress['dial']; testAddresses?: readonly string[] };
 }
 
+type Outcome = { ok: boolean; result?: string; error?: string };
+
 /** `/new` or `/stop`, alone or after a trigger word. */
 const COMMAND = /^(?:@[\p{L}\p{N}_-]+[\s,:]*)?\/(new|stop)$/iu;
 
@@ -77,7 +80,7 @@ const TASK_RUN = 'task-run:';
 export const NO_CREDENTIAL_NOTICE =
   'I have no model credential yet: put ANTHROPIC_API_KEY=… (or CLAUDE_CODE_OAUTH_TOKEN=…) in .env and restart me.';
 
-export function credentialFrom(config: Config): ModelCredential | undefined {
+function credentialFrom(config: Config): ModelCredential | undefined {
   if (config.anthropicApiKey) return { type: 'api_key', value: config.anthropicApiKey };
   if (config.claudeOauthToken) return { type: 'oauth', value: config.claudeOauthToken };
   return undefined;
@@ -116,13 +119,12 @@ export function ensureGroupFolder(config: Config, folder: string, isMain: boolea
   ] as const) {
     mkdirSync(dir, { recursive: true });
     if (lstatSync(dir).isSymbolicLink()) throw new Error(`${dir} is a symlink: refusing to use it`);
-    const memory = path.join(dir, 'CLAUDE.md');
-    const source = template && path.join(config.projectRoot, 'templates', 'groups', template, 'CLAUDE.md');
+    const source = path.join(config.projectRoot, 'templates', 'groups', template, 'CLAUDE.md');
     // Never through a link an agent planted: COPYFILE_EXCL (O_EXCL) refuses any existing path,
     // a dangling symlink included, where existsSync would follow it and say "missing".
-    if (source && existsSync(source)) {
+    if (existsSync(source)) {
       try {
-        copyFileSync(source, memory, constants.COPYFILE_EXCL);
+        copyFileSync(source, path.join(dir, 'CLAUDE.md'), constants.COPYFILE_EXCL);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
@@ -161,11 +163,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     ((host) => lookup(host, { all: true, verbatim: true }).then((a) => a.map((x) => x.address)));
   /** The policy for a group's run: its own allowlist, else EGRESS_ALLOW; address refusals always. */
   const policyFor = (allow: readonly string[] | null | undefined) =>
-    createEgressPolicy({
-      ...(allow ? { allow } : {}),
-      resolve,
-      ...(deps.egress?.testAddresses ? { testAddresses: deps.egress.testAddresses } : {}),
-    });
+    createEgressPolicy({ allow: allow ?? undefined, resolve, testAddresses: deps.egress?.testAddresses });
   const dial: Egress['dial'] =
     deps.egress?.dial ?? ((address, port) => net.connect({ host: address, port, noDelay: true }));
 
@@ -190,20 +188,16 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   const channels: Channel[] = [];
   const outbox = createOutbox({ db, channels: () => channels, log, now, ...timers });
 
-  /** Commits a one-line notice to a chat without marking its messages processed. */
-  function notice(chatJid: string, text: string): void {
-    db.enqueueReply({ chatJid, text, now: now() });
+  /** Commits a one-line notice to a chat; with `cursor`, its messages up to there are processed. */
+  function notice(chatJid: string, text: string, cursor?: number): void {
+    db.enqueueReply({ chatJid, text, cursor, now: now() });
     outbox.kick();
   }
 
   const tasks = taskStore(db);
   tasks.abandonRuns(now());
   /** Ends a task run; a failure is told in its chat, and the third in a row pauses the task. */
-  function finishTaskRun(
-    runId: number,
-    task: { id: string; chatJid: string },
-    r: { ok: boolean; result?: string; error?: string },
-  ) {
+  function finishTaskRun(runId: number, task: { id: string; chatJid: string }, r: Outcome) {
     const paused = tasks.finishRun(runId, now(), r);
     if (!r.ok) notice(task.chatJid, `Scheduled task ${task.id} failed: ${r.error ?? 'unknown error'}`);
     if (paused)
@@ -211,11 +205,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   }
   const summary = (text: string) => (text.length > 500 ? `${text.slice(0, 499)}…` : text);
   /** Task runs whose prompt was a message of this chat, now answered (or failed). */
-  function settleChatRuns(
-    chatJid: string,
-    upTo: number,
-    r: { ok: boolean; result?: string; error?: string },
-  ) {
+  function settleChatRuns(chatJid: string, upTo: number, r: Outcome) {
     for (const run of tasks.pendingInChat(chatJid, upTo)) {
       const task = tasks.get(run.taskId);
       if (task) finishTaskRun(run.id, task, r);
@@ -267,7 +257,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     maxConcurrent: config.maxConcurrentAgents,
     now,
     ...timers,
-    ...(deps.retryBaseMs !== undefined ? { retryBaseMs: deps.retryBaseMs } : {}),
+    retryBaseMs: deps.retryBaseMs,
     log: (line) => log.warn(line),
     startAgent: (key, hooks) => {
       const claimed = isolated.get(key);
@@ -284,7 +274,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
           now,
           ...timers,
           replied: () => outbox.kick(),
-          extraMounts: (group) => extraMountsFor(group),
+          extraMounts: extraMountsFor,
           egress: (group) => ({
             decide: policyFor(group.egressAllow ?? config.egressAllow),
             dial,
@@ -342,8 +332,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       // Answered with the one line, not kept for tomorrow; a scheduled prompt among them fails.
       const upTo = db.latestMessageId(jid);
       settleChatRuns(jid, upTo, { ok: false, error: 'daily budget reached' });
-      db.enqueueReply({ chatJid: jid, text: over, cursor: upTo, now: now() });
-      outbox.kick();
+      notice(jid, over, upTo);
       return;
     }
     queue.enqueue(jid);
@@ -433,19 +422,14 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       })),
       queue: queue.snapshot(),
       outboxPending: db.outboxPendingCount(),
-      nextTasks: tasks
-        .list()
-        .filter((t) => t.status === 'active')
-        .sort((a, b) => (a.nextRun ?? 0) - (b.nextRun ?? 0))
-        .slice(0, 10)
-        .map((t) => ({ id: t.id, group: t.groupFolder, nextRun: t.nextRun, prompt: t.prompt.slice(0, 100) })),
+      nextTasks: nextTasks(tasks),
       recentRuns: db.recentRuns(20),
     }),
   });
   channels.push(web, ...(deps.channels?.(ingest) ?? []));
+  const registerMain = (jid: string) => registerMainChat(db, jid, config.assistantName, now());
   if (config.discordBotToken) {
-    const main = config.discordMainChannelId && `discord:${config.discordMainChannelId}`;
-    if (main) registerMainChat(db, main, config.assistantName, now());
+    if (config.discordMainChannelId) registerMain(`discord:${config.discordMainChannelId}`);
     // Loaded only when configured: discord.js is ~38 MiB of RSS.
     const { createDiscordChannel } = await import('./channels/discord.js');
     channels.push(
@@ -463,16 +447,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       }),
     );
   }
-  const context = {
-    config,
-    db,
-    log,
-    now,
-    ingest,
-    registerMain: (jid: string) => registerMainChat(db, jid, config.assistantName, now()),
-  };
   for (const add of addedChannels) {
-    const channel = await add(context);
+    const channel = await add({ config, db, log, now, ingest, registerMain });
     if (channel) channels.push(channel);
   }
   for (const c of channels) await c.start();
@@ -489,13 +465,13 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   async function shutdown(graceMs: number): Promise<void> {
     intake = false;
     await Promise.all(channels.map((c) => c.stop()));
-    const bounded = <T>(p: Promise<T>) =>
-      Promise.race([p, new Promise<void>((r) => setTimeout(r, graceMs).unref())]);
+    const bounded = <T>(p: Promise<T>, ms = graceMs) =>
+      Promise.race([p, new Promise<void>((r) => setTimeout(r, ms).unref())]);
     scheduler.stop();
     watcher.close();
     await bounded(queue.stop());
     queue.kill();
-    await Promise.race([queue.stop(), new Promise<void>((r) => setTimeout(r, 3000).unref())]);
+    await bounded(queue.stop(), 3000);
     await bounded(outbox.flush());
     outbox.stop();
     await bounded(sandbox.close?.() ?? Promise.resolve());
@@ -521,4 +497,3 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
 }
 
 export type Orchestrator = Awaited<ReturnType<typeof startOrchestrator>>;
-export { WEB_CHAT };

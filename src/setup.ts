@@ -60,16 +60,13 @@ export interface SetupContext {
   ask?: (question: string) => Promise<string>;
   /** Runs container/build.sh with its output passed through; default: spawn it. */
   build?: (env: NodeJS.ProcessEnv) => Promise<number>;
-  /** Installs the service; default: `nanoclaw service install`. */
-  installService?: () => Promise<number>;
+  /** Installs the service (`nanoclaw service install`). */
+  installService: () => Promise<number>;
 }
 
-export async function setupCommand(
-  args: string[],
-  ctx: SetupContext,
-  out: (s: string) => void,
-  err: (s: string) => void,
-): Promise<number> {
+type Out = (s: string) => void;
+
+export async function setupCommand(args: string[], ctx: SetupContext, out: Out): Promise<number> {
   const { values } = parseArgs({ args, options: FLAGS, strict: true });
   const interactive = !values['non-interactive'];
   const major = Number(process.versions.node.split('.')[0]);
@@ -94,15 +91,12 @@ export async function setupCommand(
     }
     if (!updates.DISCORD_BOT_TOKEN && !current.DISCORD_BOT_TOKEN) {
       const token = (await ask('Discord bot token (Enter to skip Discord): ')).trim();
-      if (token) {
-        updates.DISCORD_BOT_TOKEN = token;
-        const channel = (await ask('Discord channel id for your private main chat (Enter to skip): ')).trim();
-        if (channel) updates.DISCORD_MAIN_CHANNEL_ID = channel;
-        const owner = channel
-          ? (await ask('Your Discord user id (only you wake the main chat): ')).trim()
-          : '';
-        if (owner) updates.DISCORD_OWNER_ID = owner;
-      }
+      if (token) updates.DISCORD_BOT_TOKEN = token;
+      const channel =
+        token && (await ask('Discord channel id for your private main chat (Enter to skip): ')).trim();
+      if (channel) updates.DISCORD_MAIN_CHANNEL_ID = channel;
+      const owner = channel && (await ask('Your Discord user id (only you wake the main chat): ')).trim();
+      if (owner) updates.DISCORD_OWNER_ID = owner;
     }
   }
   // The whole configuration is validated before anything is written.
@@ -140,13 +134,7 @@ export async function setupCommand(
     values.service ??
     (interactive &&
       /^y/i.test(await ask('Install the service (starts at login, restarts on failure)? [y/N] ')));
-  if (service) {
-    if (!ctx.installService) {
-      err('nanoclaw: setup: the service command is not available in this build');
-      return 1;
-    }
-    if ((await ctx.installService()) !== 0) return 1;
-  }
+  if (service && (await ctx.installService()) !== 0) return 1;
   out(
     `done: start it with \`nanoclaw start\`${service ? ' (or let the service run it)' : ''}, then open http://${config.webHost}:${config.webPort}/`,
   );

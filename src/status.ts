@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import type { Config } from './config.js';
 import type { Db } from './db.js';
-import { startOfDay, taskStore } from './scheduler.js';
+import { startOfDay, type TaskStore, taskStore } from './scheduler.js';
 
 const str = z.string();
 const apiSchema = z.object({
@@ -42,10 +42,9 @@ async function fetchLive(c: Config, f: typeof fetch): Promise<Api | { refused: b
   }
 }
 
-const usd = (n: number) => `$${n.toFixed(4)}`;
-/** The store's next active tasks, shaped as the API lists them. */
-function nextTasks(db: Db) {
-  return taskStore(db)
+/** The next active tasks, as GET /api/status lists them. */
+export function nextTasks(tasks: TaskStore) {
+  return tasks
     .list()
     .filter((t) => t.status === 'active')
     .sort((a, b) => (a.nextRun ?? 0) - (b.nextRun ?? 0))
@@ -84,7 +83,7 @@ export async function statusCommand(
       : db.groups().map((g) => ({ chat: g.jid, name: g.name, folder: g.folder, main: g.isMain })),
     agents: up ? live.queue : null,
     outboxPending: up ? live.outboxPending : db.outboxPendingCount(),
-    nextTasks: up ? live.nextTasks : nextTasks(db),
+    nextTasks: up ? live.nextTasks : nextTasks(taskStore(db)),
     today,
   };
   if (args.includes('--json')) {
@@ -94,11 +93,8 @@ export async function statusCommand(
   const { agents, groups } = report;
   const from = up ? '' : ` (figures from the store)${live.refused ? '' : `: ${live.why}`}`;
   out(`orchestrator: ${report.orchestrator}${from}`);
-  out(
-    `channels: ${Object.entries(report.channels)
-      .map(([name, state]) => `${name} ${state}`)
-      .join(', ')}`,
-  );
+  const channels = Object.entries(report.channels).map(([name, state]) => `${name} ${state}`);
+  out(`channels: ${channels.join(', ')}`);
   out(`groups: ${groups.length} (${groups.map((g) => `${g.chat}${g.main ? ' main' : ''}`).join(', ')})`);
   const working = agents?.live.filter((a) => !a.idle).length;
   out(agents ? `agents: ${agents.live.length} running (${working} working)` : 'agents: none running');
@@ -110,6 +106,8 @@ export async function statusCommand(
     out(`  ${t.id}\t${next}\t${t.group}\t${t.prompt.slice(0, 60)}`);
   }
   const tokens = `${today.inputTokens} in / ${today.outputTokens} out tokens`;
-  out(`today: ${today.runs} runs, ${usd(today.costUsd)}, ${tokens} (since ${new Date(since).toISOString()})`);
+  out(
+    `today: ${today.runs} runs, $${today.costUsd.toFixed(4)}, ${tokens} (since ${new Date(since).toISOString()})`,
+  );
   return 0;
 }

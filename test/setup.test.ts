@@ -119,7 +119,6 @@ test('interactive setup asks for what is missing, builds a missing image, and in
         },
       },
       (s) => lines.push(s),
-      (s) => lines.push(`ERR ${s}`),
     );
     assert.equal(code, 0, lines.join('\n'));
     assert.equal(questions.length, 3, questions.join(' | '));
