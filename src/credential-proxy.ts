@@ -30,7 +30,7 @@ export interface Egress {
 const DIAL_TIMEOUT_MS = 10_000;
 
 /** `host:port` of a CONNECT request (IPv6 in brackets), or undefined. */
-export function parseAuthority(authority: string): { host: string; port: number } | undefined {
+function parseAuthority(authority: string): { host: string; port: number } | undefined {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s/[\]]+):(\d{1,5})$/.exec(authority);
   const port = Number(m?.[2]);
   if (!m?.[1] || !(port > 0 && port < 65536)) return undefined;

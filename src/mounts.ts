@@ -99,7 +99,7 @@ export function groupMounts(
 // store. Every path is resolved (symlinks followed) before it is judged.
 
 /** Path components that never enter a sandbox, whatever the allowlist says. */
-export const BLOCKED_PATTERNS: readonly string[] = [
+const BLOCKED_PATTERNS: readonly string[] = [
   '.ssh',
   '.gnupg',
   '.aws',
@@ -185,37 +185,31 @@ export function checkExtraMount(
   forbidden: readonly string[],
 ): { ok: true; mount: Mount } | { ok: false; reason: string } {
   if (!list) return { ok: false, reason: 'no mount allowlist (~/.config/nanoclaw/mount-allowlist.json)' };
-  let real: string;
-  try {
-    real = realpath(m.host);
-  } catch {
-    return { ok: false, reason: `${m.host} does not exist` };
-  }
+  const resolved = (p: string): string | undefined => {
+    try {
+      return realpath(p);
+    } catch {
+      return undefined; // does not exist
+    }
+  };
+  const real = resolved(m.host);
+  if (real === undefined) return { ok: false, reason: `${m.host} does not exist` };
   for (const component of real.split(path.sep).filter(Boolean)) {
     const c = component.toLowerCase();
-    const hit = list.blockedPatterns.find((p) => c === p || c.includes(p));
+    const hit = list.blockedPatterns.find((p) => c.includes(p));
     if (hit)
       return { ok: false, reason: `${real}: component "${component}" matches blocked pattern "${hit}"` };
   }
   for (const f of forbidden) {
-    const rf = (() => {
-      try {
-        return realpath(f);
-      } catch {
-        return f;
-      }
-    })();
+    const rf = resolved(f) ?? f;
     if (real === rf || inside(rf, real) || inside(real, rf)) {
       return { ok: false, reason: `${real} overlaps NanoClaw's own directory ${rf}` };
     }
   }
+  // A root that does not exist allows nothing.
   const root = list.roots.find((r) => {
-    try {
-      const rr = realpath(r.path);
-      return real === rr || inside(rr, real) !== undefined;
-    } catch {
-      return false; // a root that does not exist allows nothing
-    }
+    const rr = resolved(r.path);
+    return rr !== undefined && (real === rr || inside(rr, real) !== undefined);
   });
   if (!root) return { ok: false, reason: `${real} is not under an allowed root` };
   if (m.rw && !root.readWrite) return { ok: false, reason: `${root.path} allows read-only mounts only` };
