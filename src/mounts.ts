@@ -50,10 +50,10 @@ export interface ProjectPaths extends HostPaths {
   storeDir: string;
 }
 
-/** `child` relative to `parent` when it lies inside it, else undefined. */
-function inside(parent: string, child: string): string | undefined {
+/** Whether `child` is `parent` or lies inside it. */
+export function within(parent: string, child: string): boolean {
   const rel = path.relative(parent, child);
-  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : undefined;
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
 
 export function groupPaths(paths: HostPaths, folder: string) {
@@ -81,8 +81,9 @@ export function groupMounts(
       [paths.storeDir, 'tmpfs'],
       [paths.dataDir, 'tmpfs'],
     ] as const) {
-      const rel = inside(paths.projectRoot, host);
-      if (rel && exists(host)) project.push({ type, guest: path.posix.join(GUEST.project, rel) });
+      const rel = path.relative(paths.projectRoot, host);
+      if (rel && within(paths.projectRoot, host) && exists(host))
+        project.push({ type, guest: path.posix.join(GUEST.project, rel) });
     }
   }
   return [
@@ -202,14 +203,14 @@ export function checkExtraMount(
   }
   for (const f of forbidden) {
     const rf = resolved(f) ?? f;
-    if (real === rf || inside(rf, real) || inside(real, rf)) {
+    if (within(rf, real) || within(real, rf)) {
       return { ok: false, reason: `${real} overlaps NanoClaw's own directory ${rf}` };
     }
   }
   // A root that does not exist allows nothing.
   const root = list.roots.find((r) => {
     const rr = resolved(r.path);
-    return rr !== undefined && (real === rr || inside(rr, real) !== undefined);
+    return rr !== undefined && within(rr, real);
   });
   if (!root) return { ok: false, reason: `${real} is not under an allowed root` };
   if (m.rw && !root.readWrite) return { ok: false, reason: `${root.path} allows read-only mounts only` };

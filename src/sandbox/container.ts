@@ -10,6 +10,7 @@ import { EventEmitter } from 'node:events';
 import { lchownSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { within } from '../mounts.js';
 import { appleDialect } from './apple.js';
 import {
   egressEnv,
@@ -195,11 +196,6 @@ export function handOver(root: string, uid: number, gid: number): void {
   }
 }
 
-function inside(parent: string, child: string): boolean {
-  const rel = path.relative(parent, child);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
-}
-
 export function createContainerSandbox(dialect: Dialect, bin: string, s: ContainerSettings): Sandbox {
   const instance = instanceId(s.home);
   const cliEnv = runtimeEnv(s.env);
@@ -246,18 +242,12 @@ export function createContainerSandbox(dialect: Dialect, bin: string, s: Contain
       if (hostUid === 0) {
         for (const m of spec.mounts) {
           if (!('host' in m) || m.readonly) continue;
-          if (s.ownedRoots.some((r) => inside(r, m.host))) handOver(m.host, user.uid, user.gid);
+          if (s.ownedRoots.some((r) => within(r, m.host))) handOver(m.host, user.uid, user.gid);
         }
       }
       const folder = (spec.label ?? 'agent').replace(/[^a-z0-9-]/gi, '').slice(0, 40) || 'agent';
       const name = `nanoclaw-${instance}-${folder}-${randomBytes(3).toString('hex')}`;
-      const run = dialect.run(spec, {
-        image: s.image,
-        name,
-        instance,
-        user,
-        ...(spec.proxyUrl ? { proxyUrl: spec.proxyUrl } : {}),
-      });
+      const run = dialect.run(spec, { image: s.image, name, instance, user });
       const child = spawn(bin, run.args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...cliEnv, ...run.env } });
       return new ContainerProcess(child, name, dialect, cli);
     },

@@ -103,8 +103,6 @@ export interface RunOptions {
   name: string;
   instance: string;
   user: { uid: number; gid: number };
-  /** The host proxy's TCP URL, for runtimes that cannot share its socket (Apple). */
-  proxyUrl?: string;
 }
 
 /** `args` follow the runtime's binary; `env` holds the values the CLI passes in by name. */
