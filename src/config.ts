@@ -11,49 +11,11 @@ export class ConfigError extends Error {
   override name = 'ConfigError';
 }
 
-export type SandboxKind = 'auto' | 'bwrap' | 'docker' | 'podman' | 'apple';
+const SANDBOXES = ['auto', 'bwrap', 'docker', 'podman', 'apple'] as const;
+export type SandboxKind = (typeof SANDBOXES)[number];
 
-export interface Config {
-  readonly home: string;
-  readonly storeDir: string;
-  readonly dataDir: string;
-  readonly groupsDir: string;
-  readonly logsDir: string;
-  readonly projectRoot: string;
-  readonly anthropicApiKey: string | undefined;
-  readonly claudeOauthToken: string | undefined;
-  readonly anthropicBaseUrl: string;
-  readonly model: string | undefined;
-  readonly assistantName: string;
-  readonly sandbox: SandboxKind;
-  readonly maxConcurrentAgents: number;
-  readonly idleTimeoutMs: number;
-  readonly agentTimeoutMs: number;
-  readonly webHost: string;
-  readonly webPort: number;
-  readonly webToken: string | undefined;
-  readonly timezone: string;
-  readonly discordBotToken: string | undefined;
-  readonly discordMainChannelId: string | undefined;
-  readonly discordOwnerId: string | undefined;
-  readonly discordApiUrl: string;
-  readonly egressAllow: readonly string[] | undefined;
-  readonly maxRunCostUsd: number | undefined;
-  readonly dailyCostUsd: number | undefined;
-  readonly senderRatePerMin: number;
-  readonly discordWakeOnBots: boolean;
-  readonly attachmentMaxBytes: number;
-  readonly sandboxMemory: string;
-  readonly sandboxCpus: number;
-  readonly sandboxPids: number;
-  /** The agent image for docker, podman and apple (container/build.sh builds it). */
-  readonly containerImage: string;
-  readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
-  /** Claude Code tuning variables passed through to the sandboxed CLI. */
-  readonly cliEnv: Readonly<Record<string, string>>;
-  /** Every variable (.env under the environment): channels added by skills parse their own. */
-  readonly vars: Readonly<Record<string, string>>;
-}
+/** The parsed configuration: what loadConfig returns (its fields are listed there). */
+export type Config = ReturnType<typeof loadConfig>;
 
 /** The checkout this file belongs to (dist/src/config.js or src/config.ts → two or three levels up). */
 export function projectRoot(): string {
@@ -104,13 +66,10 @@ const bool = (name: string) =>
 const url = (name: string) =>
   z
     .string()
-    .refine((v) => {
-      try {
-        return ['http:', 'https:'].includes(new URL(v).protocol);
-      } catch {
-        return false; // not a URL at all: the message below says what is expected
-      }
-    }, `${name} must be an http(s) URL`)
+    .refine(
+      (v) => URL.canParse(v) && ['http:', 'https:'].includes(new URL(v).protocol),
+      `${name} must be an http(s) URL`,
+    )
     .transform((v) => v.replace(/\/+$/, ''));
 const timezone = z.string().refine((tz) => {
   try {
@@ -130,11 +89,7 @@ const schema = z.object({
     .string()
     .regex(/^[\p{L}\p{N}_-]{1,32}$/u, 'ASSISTANT_NAME must be 1-32 letters, digits, _ or -')
     .default('Krabby'),
-  SANDBOX: z
-    .enum(['auto', 'bwrap', 'docker', 'podman', 'apple'], {
-      error: 'SANDBOX must be one of auto, bwrap, docker, podman, apple',
-    })
-    .default('auto'),
+  SANDBOX: z.enum(SANDBOXES, { error: `SANDBOX must be one of ${SANDBOXES.join(', ')}` }).default('auto'),
   MAX_CONCURRENT_AGENTS: int('MAX_CONCURRENT_AGENTS', 1, 100).default(5),
   IDLE_TIMEOUT_MS: int('IDLE_TIMEOUT_MS', 10, 2 ** 31 - 1).default(1_800_000),
   AGENT_TIMEOUT_MS: int('AGENT_TIMEOUT_MS', 10, 2 ** 31 - 1).default(1_800_000),
@@ -187,8 +142,8 @@ const schema = z.object({
     .optional(),
 });
 
-const SECRETS = ['ANTHROPIC_API_KEY', 'CLAUDE_CODE_OAUTH_TOKEN', 'DISCORD_BOT_TOKEN', 'WEB_TOKEN'] as const;
-const HINTS: Record<(typeof SECRETS)[number], string> = {
+/** Secrets that may be absent but never empty, with what to do about an empty one. */
+const SECRET_HINTS = {
   ANTHROPIC_API_KEY: 'put your key from console.anthropic.com in .env, or remove the line',
   CLAUDE_CODE_OAUTH_TOKEN: 'put the token from `claude setup-token` in .env, or remove the line',
   DISCORD_BOT_TOKEN: 'put the bot token from the Developer Portal in .env, or remove the line',
@@ -198,7 +153,7 @@ const HINTS: Record<(typeof SECRETS)[number], string> = {
 const LOOPBACK = new Set(['127.0.0.1', 'localhost', '::1', '[::1]']);
 
 /** Reads the .env file under `home` (if any) and validates it with `env` on top. Throws ConfigError. */
-export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {}): Config {
+export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {}) {
   const root = opts.root ?? projectRoot();
   const home = path.resolve(env.NANOCLAW_HOME || root);
   let fileVars: Record<string, string> = {};
@@ -215,10 +170,8 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
     const v = env[key];
     if (v !== undefined) merged[key] = v;
   }
-  for (const key of SECRETS) {
-    if (merged[key] !== undefined && merged[key].trim() === '') {
-      throw new ConfigError(`${key} is set but empty: ${HINTS[key]}`);
-    }
+  for (const [key, hint] of Object.entries(SECRET_HINTS)) {
+    if (merged[key]?.trim() === '') throw new ConfigError(`${key} is set but empty: ${hint}`);
   }
   const parsed = schema.safeParse(merged);
   if (!parsed.success) {
@@ -244,6 +197,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
     .filter(Boolean);
   const badGlob = egress?.map(globProblem).find(Boolean);
   if (badGlob) throw new ConfigError(`EGRESS_ALLOW: ${badGlob}`);
+  const cliEnv = Object.entries({
+    CLAUDE_CODE_MAX_RETRIES: v.CLAUDE_CODE_MAX_RETRIES,
+    API_TIMEOUT_MS: v.API_TIMEOUT_MS,
+    CLAUDE_CODE_AUTO_COMPACT_WINDOW: v.CLAUDE_CODE_AUTO_COMPACT_WINDOW,
+    NODE_EXTRA_CA_CERTS: v.SANDBOX_CA_CERTS,
+  }).flatMap(([k, x]) => (x === undefined ? [] : [[k, String(x)] as const]));
   return Object.freeze({
     home,
     storeDir: path.join(home, 'store'),
@@ -277,18 +236,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, opts: { root?: string } = {})
     sandboxMemory: v.SANDBOX_MEMORY,
     sandboxCpus: v.SANDBOX_CPUS,
     sandboxPids: v.SANDBOX_PIDS,
+    /** The agent image for docker, podman and apple (container/build.sh builds it). */
     containerImage: v.CONTAINER_IMAGE,
     logLevel: v.LOG_LEVEL,
-    cliEnv: Object.freeze({
-      ...(v.CLAUDE_CODE_MAX_RETRIES !== undefined
-        ? { CLAUDE_CODE_MAX_RETRIES: String(v.CLAUDE_CODE_MAX_RETRIES) }
-        : {}),
-      ...(v.API_TIMEOUT_MS !== undefined ? { API_TIMEOUT_MS: String(v.API_TIMEOUT_MS) } : {}),
-      ...(v.CLAUDE_CODE_AUTO_COMPACT_WINDOW !== undefined
-        ? { CLAUDE_CODE_AUTO_COMPACT_WINDOW: String(v.CLAUDE_CODE_AUTO_COMPACT_WINDOW) }
-        : {}),
-      ...(v.SANDBOX_CA_CERTS !== undefined ? { NODE_EXTRA_CA_CERTS: v.SANDBOX_CA_CERTS } : {}),
-    }),
+    /** Claude Code tuning variables passed through to the sandboxed CLI. */
+    cliEnv: Object.freeze(Object.fromEntries(cliEnv)),
+    /** Every variable (.env under the environment): channels added by skills parse their own. */
     vars: Object.freeze({
       ...fileVars,
       ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)),

@@ -30,7 +30,7 @@ export interface Egress {
 const DIAL_TIMEOUT_MS = 10_000;
 
 /** `host:port` of a CONNECT request (IPv6 in brackets), or undefined. */
-export function parseAuthority(authority: string): { host: string; port: number } | undefined {
+function parseAuthority(authority: string): { host: string; port: number } | undefined {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:\s/[\]]+):(\d{1,5})$/.exec(authority);
   const port = Number(m?.[2]);
   if (!m?.[1] || !(port > 0 && port < 65536)) return undefined;
@@ -79,6 +79,22 @@ function refuse(res: http.ServerResponse, status: number, type: string, message:
   res.end(JSON.stringify({ type: 'error', error: { type, message } }));
 }
 
+/** A 502 while nothing has been sent yet; after that, only a cut connection can tell the client. */
+function fail(res: http.ServerResponse, message: string): void {
+  if (!res.headersSent) refuse(res, 502, 'api_error', message);
+  else res.destroy();
+}
+
+/** Passes the upstream's response through as it is. */
+const relay = (res: http.ServerResponse) => (upRes: http.IncomingMessage) => {
+  res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+  upRes.pipe(res);
+};
+
+function copyHeaders(req: http.IncomingMessage, drop: ReadonlySet<string>): http.OutgoingHttpHeaders {
+  return Object.fromEntries(Object.entries(req.headers).filter(([k, v]) => !drop.has(k) && v !== undefined));
+}
+
 /**
  * Listens on `<dir>/api.sock` for one run. `dir` is created 0700: only our uid (which the
  * sandbox's uid maps to) can enter it, and the token is the real gate.
@@ -106,17 +122,11 @@ export async function openModelSocket(opts: {
   const egress = opts.egress;
 
   /** An absolute-URI request (`GET http://host/path`): egress over plain HTTP. */
-  function forward(req: http.IncomingMessage, res: http.ServerResponse, url: string): void {
-    let target: URL;
-    try {
-      target = new URL(url);
-    } catch {
-      refuse(res, 400, 'invalid_request_error', 'malformed request target');
-      return;
-    }
+  function forward(req: http.IncomingMessage, res: http.ServerResponse, url: string) {
+    if (!URL.canParse(url)) return refuse(res, 400, 'invalid_request_error', 'malformed request target');
+    const target = new URL(url);
     if (!egress || target.protocol !== 'http:') {
-      refuse(res, 403, 'permission_error', 'egress refused: only http:// through this proxy');
-      return;
+      return refuse(res, 403, 'permission_error', 'egress refused: only http:// through this proxy');
     }
     const port = Number(target.port || 80);
     egress.decide(target.hostname, port).then(
@@ -125,17 +135,8 @@ export async function openModelSocket(opts: {
           egress.onRefuse(`${target.hostname}:${port}: ${d.reason}`);
           return refuse(res, 403, 'permission_error', `egress refused: ${d.reason}`);
         }
-        const headers: http.OutgoingHttpHeaders = {};
         // The agent's own headers (an API token for a site it calls) pass; only hop-by-hop go.
-        for (const [k, v] of Object.entries(req.headers))
-          if (!HOP_BY_HOP.has(k) && v !== undefined) headers[k] = v;
-        headers.host = target.host;
-        // The agent's only way to a socket is the checked address through `dial`.
-        const agent = new (class extends http.Agent {
-          override createConnection() {
-            return egress.dial(d.address, d.port);
-          }
-        })({ keepAlive: false });
+        const headers = { ...copyHeaders(req, HOP_BY_HOP), host: target.host };
         const up = http.request(
           {
             host: d.address,
@@ -143,19 +144,13 @@ export async function openModelSocket(opts: {
             method: req.method,
             path: target.pathname + target.search,
             headers,
-            agent,
+            // The request's only way to a socket is the checked address through `dial`.
+            createConnection: () => egress.dial(d.address, d.port),
           },
-          (upRes) => {
-            res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-            upRes.pipe(res);
-          },
+          relay(res),
         );
         up.setTimeout(DIAL_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
-        up.on('error', (err) => {
-          if (!res.headersSent)
-            refuse(res, 502, 'api_error', `egress to ${target.host} failed: ${err.message}`);
-          else res.destroy();
-        });
+        up.on('error', (err) => fail(res, `egress to ${target.host} failed: ${err.message}`));
         req.pipe(up);
       },
       (err: unknown) => refuse(res, 502, 'api_error', `egress check failed: ${(err as Error).message}`),
@@ -163,7 +158,7 @@ export async function openModelSocket(opts: {
   }
 
   /** A CONNECT tunnel (HTTPS): TLS is tunnelled, never intercepted. */
-  function tunnel(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+  function tunnel(req: http.IncomingMessage, socket: Duplex, head: Buffer) {
     const deny = (status: string, reason: string) => {
       const body = `egress refused: ${reason}\n`;
       socket.end(
@@ -173,8 +168,7 @@ export async function openModelSocket(opts: {
     };
     const target = parseAuthority(req.url ?? '');
     if (!egress || !target) {
-      deny('403 Forbidden', egress ? 'malformed CONNECT target' : 'no egress from this sandbox');
-      return;
+      return deny('403 Forbidden', egress ? 'malformed CONNECT target' : 'no egress from this sandbox');
     }
     socket.on('error', () => socket.destroy());
     egress.decide(target.host, target.port).then(
@@ -210,8 +204,7 @@ export async function openModelSocket(opts: {
     if (!sameSecret(presentedToken(req), token)) {
       return refuse(res, 401, 'authentication_error', 'invalid run token');
     }
-    const headers: http.OutgoingHttpHeaders = {};
-    for (const [k, v] of Object.entries(req.headers)) if (!DROP.has(k) && v !== undefined) headers[k] = v;
+    const headers = copyHeaders(req, DROP);
     if (opts.credential.type === 'api_key') headers['x-api-key'] = opts.credential.value;
     else headers.authorization = `Bearer ${opts.credential.value}`;
     const up = client.request(
@@ -223,15 +216,11 @@ export async function openModelSocket(opts: {
         path: basePath + url,
         headers,
       },
-      (upRes) => {
-        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-        upRes.pipe(res);
-      },
+      relay(res),
     );
     up.on('error', (err) => {
       opts.onError?.(`model upstream: ${err.message}`);
-      if (!res.headersSent) refuse(res, 502, 'api_error', `upstream unreachable: ${err.message}`);
-      else res.destroy();
+      fail(res, `upstream unreachable: ${err.message}`);
     });
     res.on('close', () => up.destroy());
     req.pipe(up);

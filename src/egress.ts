@@ -193,17 +193,15 @@ export function createEgressPolicy(
     if (problem !== undefined) throw new TypeError(`allow: ${problem}`);
     return glob.toLowerCase().split('.');
   });
+  const family = (address: string) => (isIP(address) === 4 ? 'ipv4' : 'ipv6');
   const testAddresses = new BlockList();
   for (const address of o.testAddresses ?? []) {
-    const family = isIP(address);
-    if (family === 0) throw new TypeError(`testAddresses: ${quote(address)} is not an IP address`);
-    testAddresses.addAddress(address, family === 4 ? 'ipv4' : 'ipv6');
+    if (isIP(address) === 0) throw new TypeError(`testAddresses: ${quote(address)} is not an IP address`);
+    testAddresses.addAddress(address, family(address));
   }
-  const acceptable = (address: string) => {
-    const family = isIP(address);
-    if (family === 0) return false;
-    return isPublicAddress(address) || testAddresses.check(address, family === 4 ? 'ipv4' : 'ipv6');
-  };
+  // Only called on addresses `isIP` accepted.
+  const acceptable = (address: string) =>
+    isPublicAddress(address) || testAddresses.check(address, family(address));
 
   return async function decide(hostIn: string, port: number): Promise<EgressDecision> {
     const host = normalizeHost(hostIn);

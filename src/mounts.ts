@@ -50,10 +50,10 @@ export interface ProjectPaths extends HostPaths {
   storeDir: string;
 }
 
-/** `child` relative to `parent` when it lies inside it, else undefined. */
-function inside(parent: string, child: string): string | undefined {
+/** Whether `child` is `parent` or lies inside it. */
+export function within(parent: string, child: string): boolean {
   const rel = path.relative(parent, child);
-  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : undefined;
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
 
 export function groupPaths(paths: HostPaths, folder: string) {
@@ -81,8 +81,9 @@ export function groupMounts(
       [paths.storeDir, 'tmpfs'],
       [paths.dataDir, 'tmpfs'],
     ] as const) {
-      const rel = inside(paths.projectRoot, host);
-      if (rel && exists(host)) project.push({ type, guest: path.posix.join(GUEST.project, rel) });
+      const rel = path.relative(paths.projectRoot, host);
+      if (rel && within(paths.projectRoot, host) && exists(host))
+        project.push({ type, guest: path.posix.join(GUEST.project, rel) });
     }
   }
   return [
@@ -99,7 +100,7 @@ export function groupMounts(
 // store. Every path is resolved (symlinks followed) before it is judged.
 
 /** Path components that never enter a sandbox, whatever the allowlist says. */
-export const BLOCKED_PATTERNS: readonly string[] = [
+const BLOCKED_PATTERNS: readonly string[] = [
   '.ssh',
   '.gnupg',
   '.aws',
@@ -185,37 +186,31 @@ export function checkExtraMount(
   forbidden: readonly string[],
 ): { ok: true; mount: Mount } | { ok: false; reason: string } {
   if (!list) return { ok: false, reason: 'no mount allowlist (~/.config/nanoclaw/mount-allowlist.json)' };
-  let real: string;
-  try {
-    real = realpath(m.host);
-  } catch {
-    return { ok: false, reason: `${m.host} does not exist` };
-  }
+  const resolved = (p: string): string | undefined => {
+    try {
+      return realpath(p);
+    } catch {
+      return undefined; // does not exist
+    }
+  };
+  const real = resolved(m.host);
+  if (real === undefined) return { ok: false, reason: `${m.host} does not exist` };
   for (const component of real.split(path.sep).filter(Boolean)) {
     const c = component.toLowerCase();
-    const hit = list.blockedPatterns.find((p) => c === p || c.includes(p));
+    const hit = list.blockedPatterns.find((p) => c.includes(p));
     if (hit)
       return { ok: false, reason: `${real}: component "${component}" matches blocked pattern "${hit}"` };
   }
   for (const f of forbidden) {
-    const rf = (() => {
-      try {
-        return realpath(f);
-      } catch {
-        return f;
-      }
-    })();
-    if (real === rf || inside(rf, real) || inside(real, rf)) {
+    const rf = resolved(f) ?? f;
+    if (within(rf, real) || within(real, rf)) {
       return { ok: false, reason: `${real} overlaps NanoClaw's own directory ${rf}` };
     }
   }
+  // A root that does not exist allows nothing.
   const root = list.roots.find((r) => {
-    try {
-      const rr = realpath(r.path);
-      return real === rr || inside(rr, real) !== undefined;
-    } catch {
-      return false; // a root that does not exist allows nothing
-    }
+    const rr = resolved(r.path);
+    return rr !== undefined && within(rr, real);
   });
   if (!root) return { ok: false, reason: `${real} is not under an allowed root` };
   if (m.rw && !root.readWrite) return { ok: false, reason: `${root.path} allows read-only mounts only` };

@@ -12,7 +12,6 @@ const opts: RunOptions = {
   name: 'nanoclaw-3fa2b1c0d9-family-k3j9x2',
   instance: '3fa2b1c0d9',
   user: { uid: 501, gid: 20 },
-  proxyUrl: PROXY,
 };
 const mounts: Mount[] = [
   { host: '/Users/me/nc/groups/family', guest: '/workspace/group', readonly: false },
@@ -36,6 +35,7 @@ const spec: SandboxSpec = {
   egressSocket: '/run/nanoclaw/api.sock',
   limits: { memoryBytes: 2 * 1024 ** 3, cpus: 1.5, pids: 512 },
   label: 'family',
+  proxyUrl: PROXY,
 };
 
 // Arity of every option of `container run` this dialect may emit (command-reference, 1.0.0).
@@ -177,12 +177,12 @@ describe('appleDialect.run mounts', () => {
 describe('appleDialect.run refuses', () => {
   test('a run without a proxy URL, or with one that is not a URL', () => {
     for (const proxyUrl of [undefined, '']) {
-      assert.throws(() => appleDialect.run(spec, { ...opts, proxyUrl }), {
+      assert.throws(() => appleDialect.run({ ...spec, proxyUrl }, opts), {
         name: 'SandboxError',
         message: 'the Apple container sandbox needs the proxy TCP URL (proxyUrl)',
       });
     }
-    assert.throws(() => appleDialect.run(spec, { ...opts, proxyUrl: 'not a url' }), SandboxError);
+    assert.throws(() => appleDialect.run({ ...spec, proxyUrl: 'not a url' }, opts), SandboxError);
   });
 
   test('a variable with a newline or NUL, or a name with =', () => {

@@ -28,7 +28,6 @@ import {
   imageProblem,
   instanceId,
   runtimeEnv,
-  VERSION_LABEL,
 } from '../src/sandbox/container.js';
 import {
   type Mount,
@@ -36,6 +35,7 @@ import {
   SandboxError,
   type SandboxProcess,
   type SandboxSpec,
+  VERSION_LABEL,
 } from '../src/sandbox/index.js';
 import { envOf, parseRunArgs } from './support/run-args.js';
 

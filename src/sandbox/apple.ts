@@ -31,9 +31,10 @@ function within(parent: string, child: string): boolean {
 }
 
 function run(spec: SandboxSpec, o: RunOptions): RunCommand {
-  if (!o.proxyUrl) throw new SandboxError('the Apple container sandbox needs the proxy TCP URL (proxyUrl)');
-  if (/[\s\0]/.test(o.proxyUrl) || !URL.canParse(o.proxyUrl)) {
-    throw new SandboxError(`proxy URL ${JSON.stringify(o.proxyUrl)} is not a URL`);
+  const { proxyUrl } = spec;
+  if (!proxyUrl) throw new SandboxError('the Apple container sandbox needs the proxy TCP URL (proxyUrl)');
+  if (/[\s\0]/.test(proxyUrl) || !URL.canParse(proxyUrl)) {
+    throw new SandboxError(`proxy URL ${JSON.stringify(proxyUrl)} is not a URL`);
   }
   const args = ['run', '-i', '--name', o.name, '--label', `${INSTANCE_LABEL}=${o.instance}`];
   args.push('--init', '--read-only', '--tmpfs', '/tmp', '--cap-drop', 'ALL');
@@ -59,10 +60,10 @@ function run(spec: SandboxSpec, o: RunOptions): RunCommand {
     const ro = m.readonly ? ',readonly' : '';
     args.push('--mount', `type=bind,source=${checkPath(m.host)},target=${checkPath(m.guest)}${ro}`);
   }
-  const vars: Record<string, string> = { ...spec.env, ANTHROPIC_BASE_URL: o.proxyUrl };
+  const vars: Record<string, string> = { ...spec.env, ANTHROPIC_BASE_URL: proxyUrl };
   delete vars.ANTHROPIC_UNIX_SOCKET;
   delete vars.NANOCLAW_EGRESS_SOCKET; // start.sh starts no bridge without it
-  const e = envArgs({ ...vars, ...proxyEnv(o.proxyUrl) });
+  const e = envArgs({ ...vars, ...proxyEnv(proxyUrl) });
   args.push(...e.args, o.image, ...guestArgv(spec));
   return { args, env: e.env };
 }

@@ -3,6 +3,7 @@
 // are generated and passed as data on fds 4 and 5. `--clearenv` drops every inherited variable.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import type { Writable } from 'node:stream';
 import { type Controller, enterArgs, makeCgroup, reapCgroups } from './cgroup.js';
 import {
   EGRESS_BRIDGE_JS,
@@ -13,6 +14,7 @@ import {
   guestArgv,
   type Sandbox,
   SandboxError,
+  type SandboxLimits,
   type SandboxSpec,
 } from './index.js';
 
@@ -28,55 +30,28 @@ export function bwrapOptions(
   exists: (p: string) => boolean = existsSync,
   hostNode = '/usr/bin/node',
 ): string[] {
-  const opts = [
-    '--unshare-all',
-    '--die-with-parent',
-    '--new-session',
-    '--uid',
-    String(SANDBOX_UID),
-    '--gid',
-    String(SANDBOX_UID),
-    '--hostname',
-    'nanoclaw',
-    '--ro-bind',
-    '/usr',
-    '/usr',
-  ];
+  const uid = String(SANDBOX_UID);
+  const opts = ['--unshare-all', '--die-with-parent', '--new-session', '--uid', uid, '--gid', uid];
+  opts.push('--hostname', 'nanoclaw', '--ro-bind', '/usr', '/usr');
   for (const dir of ['bin', 'lib', 'lib64', 'sbin']) {
     if (exists(`/usr/${dir}`)) opts.push('--symlink', `usr/${dir}`, `/${dir}`);
   }
   for (const file of ['/etc/ssl', '/etc/ld.so.cache', '/etc/alternatives']) {
     if (exists(file)) opts.push('--ro-bind', file, file);
   }
-  opts.push(
-    '--ro-bind-data',
-    '4',
-    '/etc/passwd',
-    '--ro-bind-data',
-    '5',
-    '/etc/hosts',
-    '--proc',
-    '/proc',
-    '--dev',
-    '/dev',
-    '--tmpfs',
-    '/tmp',
-    '--ro-bind',
-    spec.command,
-    GUEST_COMMAND,
-  );
+  opts.push('--ro-bind-data', '4', '/etc/passwd', '--ro-bind-data', '5', '/etc/hosts');
+  opts.push('--proc', '/proc', '--dev', '/dev', '--tmpfs', '/tmp', '--ro-bind', spec.command, GUEST_COMMAND);
   for (const m of spec.mounts) {
     if (m.type === 'tmpfs') opts.push('--tmpfs', m.guest);
     else if (m.type === 'hide') opts.push('--ro-bind', '/dev/null', m.guest);
     else opts.push(m.readonly ? '--ro-bind' : '--bind', m.host, m.guest);
   }
-  const env = { ...spec.env, ...egressEnv(spec) };
   if (spec.egressSocket) {
     opts.push('--ro-bind', hostNode, GUEST_NODE, '--ro-bind-data', '6', '/opt/nanoclaw/bridge.cjs');
     opts.push('--ro-bind-data', '7', GUEST_ENTRY);
   }
   opts.push('--clearenv');
-  for (const [k, v] of Object.entries(env)) opts.push('--setenv', k, v);
+  for (const [k, v] of Object.entries({ ...spec.env, ...egressEnv(spec) })) opts.push('--setenv', k, v);
   opts.push('--chdir', spec.cwd);
   // Options travel NUL-separated on fd 3: a NUL inside one would smuggle in another option.
   const bad = opts.find((o) => o.includes('\0'));
@@ -85,18 +60,16 @@ export function bwrapOptions(
   return opts;
 }
 
-/** `bwrap` is the absolute path of the bubblewrap binary (found on PATH at start). */
 /**
  * rlimits for a bwrap sandbox (bwrap has no cgroups): address space 4 × the memory limit (a cap on
  * runaway allocation; virtual reservations need headroom), files up to 4 GiB, 4096 open files.
  * RLIMIT_NPROC is left alone: it counts every process of the host uid the sandbox maps to.
  */
-export function rlimitArgs(limits: SandboxSpec['limits']): string[] {
-  if (!limits) return [];
+function rlimitArgs(limits: SandboxLimits): string[] {
   return [`--as=${limits.memoryBytes * 4}`, `--fsize=${4 * 1024 ** 3}`, '--nofile=4096'];
 }
 
-/** `prlimit` (util-linux), when found, applies the rlimits and then execs bwrap. */
+/** `bwrap`: bubblewrap's absolute path. `prlimit` (util-linux), when found, applies the rlimits. */
 export function createBwrapSandbox(
   bwrap: string,
   hostNode: string,
@@ -123,28 +96,22 @@ export function createBwrapSandbox(
         // closes agents in order; --die-with-parent still ends the sandbox if we die.
         detached: true,
       });
-      const [, , , fd3, fd4, fd5, fd6, fd7] = child.stdio as unknown as [
-        unknown,
-        unknown,
-        unknown,
-        Writable,
-        Writable,
-        Writable,
-        Writable,
-        Writable,
-      ];
-      // A bwrap that dies before reading its option fds (a missing mount source, say) breaks
-      // these pipes: that failure is reported through the child's exit, not as a crash here.
-      for (const fd of [fd3, fd4, fd5, fd6, fd7]) fd.on('error', () => {});
-      fd3.end(
+      // fd 3: the options; 4 and 5: /etc/passwd and /etc/hosts; 6 and 7: the bridge and entry scripts.
+      const data = [
         bwrapOptions(spec, existsSync, hostNode)
           .map((s) => `${s}\0`)
           .join(''),
-      );
-      fd6.end(spec.egressSocket ? EGRESS_BRIDGE_JS : '');
-      fd7.end(spec.egressSocket ? ENTRY_SH : '');
-      fd4.end(`agent:x:${SANDBOX_UID}:${SANDBOX_UID}:agent:/home/agent:/bin/bash\n`);
-      fd5.end('127.0.0.1 localhost nanoclaw\n::1 localhost\n');
+        `agent:x:${SANDBOX_UID}:${SANDBOX_UID}:agent:/home/agent:/bin/bash\n`,
+        '127.0.0.1 localhost nanoclaw\n::1 localhost\n',
+        spec.egressSocket ? EGRESS_BRIDGE_JS : '',
+        spec.egressSocket ? ENTRY_SH : '',
+      ];
+      for (const [i, fd] of (child.stdio.slice(3) as Writable[]).entries()) {
+        // A bwrap that dies before reading its option fds (a missing mount source, say) breaks
+        // these pipes: that failure is reported through the child's exit, not as a crash here.
+        fd.on('error', () => {});
+        fd.end(data[i]);
+      }
       // The pid namespace's processes die with its first one, a moment after the exit.
       if (cg) {
         child.once('exit', () => {
@@ -159,5 +126,3 @@ export function createBwrapSandbox(
     },
   };
 }
-
-type Writable = NodeJS.WritableStream & { on(ev: 'error', fn: (e: Error) => void): void };

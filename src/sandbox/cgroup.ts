@@ -31,20 +31,11 @@ export function findControllers(
   root = ROOT,
   writable: (dir: string) => boolean = canWrite,
 ): Controller[] {
-  let lines: string[];
-  try {
-    lines = readFileSync(procSelfCgroup, 'utf8').split('\n');
-  } catch {
-    return [];
-  }
-  const own = (name: string) => {
-    for (const l of lines) {
-      // id:controllers:path — the path may itself hold colons (systemd unit names).
-      const m = /^[^:]*:([^:]*):(.*)$/.exec(l);
-      if (m?.[1] !== undefined && m[2] !== undefined && m[1].split(',').includes(name)) return m[2];
-    }
-    return undefined;
-  };
+  const lines = read(procSelfCgroup)?.split('\n');
+  if (!lines) return [];
+  // id:controllers:path — the path may itself hold colons (systemd unit names).
+  const entries = lines.map((l) => /^[^:]*:([^:]*):(.*)$/.exec(l));
+  const own = (name: string) => entries.find((m) => m?.[1]?.split(',').includes(name))?.[2];
   // cgroup v1 (separate pids and memory hierarchies) first; then a unified v2 hierarchy.
   const pids = own('pids');
   const memory = own('memory');
@@ -66,12 +57,7 @@ export function findControllers(
   const unified = lines.find((l) => l.startsWith('0::'))?.slice(3);
   if (unified === undefined || !existsSync(path.join(root, 'cgroup.controllers'))) return [];
   const base = path.join(root, unified);
-  let enabled: string[] = [];
-  try {
-    enabled = readFileSync(path.join(base, 'cgroup.subtree_control'), 'utf8').trim().split(/\s+/);
-  } catch {
-    return [];
-  }
+  const enabled = read(path.join(base, 'cgroup.subtree_control'))?.trim().split(/\s+/) ?? [];
   if (!enabled.includes('pids') || !enabled.includes('memory') || !writable(base)) return [];
   return [
     {
@@ -83,6 +69,14 @@ export function findControllers(
       }),
     },
   ];
+}
+
+function read(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return undefined; // unreadable: no cgroups from here
+  }
 }
 
 function canWrite(dir: string): boolean {

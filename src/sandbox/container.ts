@@ -10,6 +10,7 @@ import { EventEmitter } from 'node:events';
 import { lchownSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { within } from '../mounts.js';
 import { appleDialect } from './apple.js';
 import {
   egressEnv,
@@ -27,7 +28,6 @@ import {
 
 /** The image's own non-root user (container/Dockerfile). */
 export const IMAGE_UID = 1000;
-export { INSTANCE_LABEL, VERSION_LABEL };
 
 /** A runtime's CLI commands; `env` holds values the CLI passes in by name (secrets stay out of argv). */
 export interface Dialect {
@@ -69,14 +69,8 @@ export function dockerRunArgs(spec: SandboxSpec, o: RunOptions): RunCommand {
   // drops its configured defaults and tries the host's maximum, which a machine without
   // CAP_SYS_RESOURCE refuses.
   const fsize = 4 * 1024 ** 3;
-  args.push(
-    '--ulimit',
-    `fsize=${fsize}:${fsize}`,
-    '--ulimit',
-    'nofile=4096:4096',
-    '--ulimit',
-    'nproc=4096:4096',
-  );
+  args.push('--ulimit', `fsize=${fsize}:${fsize}`, '--ulimit', 'nofile=4096:4096');
+  args.push('--ulimit', 'nproc=4096:4096');
   for (const m of spec.mounts) {
     if (m.type === 'tmpfs') args.push('--tmpfs', checkPath(m.guest));
     else if (m.type === 'hide') args.push('-v', `/dev/null:${checkPath(m.guest)}:ro`);
@@ -184,10 +178,12 @@ export function imageProblem(
   return undefined;
 }
 
-/** Hands a tree to `uid` without following symlinks (an agent may have planted some). */
-// Only NanoClaw's own directories are handed over, at a sandbox's start, and no other sandbox can
-// write in them then (one agent per group; main's project view is read-only), so nothing can swap
-// a directory for a symlink between the lstat and the readdir.
+/**
+ * Hands a tree to `uid` without following symlinks (an agent may have planted some). Only
+ * NanoClaw's own directories are handed over, at a sandbox's start, and no other sandbox can write
+ * in them then (one agent per group; main's project view is read-only), so nothing can swap a
+ * directory for a symlink between the lstat and the readdir.
+ */
 export function handOver(root: string, uid: number, gid: number): void {
   const st = lstatSync(root, { throwIfNoEntry: false });
   if (!st) return;
@@ -198,11 +194,6 @@ export function handOver(root: string, uid: number, gid: number): void {
     if (e.isDirectory()) handOver(p, uid, gid);
     else lchownSync(p, uid, gid);
   }
-}
-
-function inside(parent: string, child: string): boolean {
-  const rel = path.relative(parent, child);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
 }
 
 export function createContainerSandbox(dialect: Dialect, bin: string, s: ContainerSettings): Sandbox {
@@ -250,19 +241,13 @@ export function createContainerSandbox(dialect: Dialect, bin: string, s: Contain
     spawn(spec: SandboxSpec): SandboxProcess {
       if (hostUid === 0) {
         for (const m of spec.mounts) {
-          if ((m.type ?? 'bind') !== 'bind' || !('host' in m) || m.readonly) continue;
-          if (s.ownedRoots.some((r) => inside(r, m.host))) handOver(m.host, user.uid, user.gid);
+          if (!('host' in m) || m.readonly) continue;
+          if (s.ownedRoots.some((r) => within(r, m.host))) handOver(m.host, user.uid, user.gid);
         }
       }
       const folder = (spec.label ?? 'agent').replace(/[^a-z0-9-]/gi, '').slice(0, 40) || 'agent';
       const name = `nanoclaw-${instance}-${folder}-${randomBytes(3).toString('hex')}`;
-      const run = dialect.run(spec, {
-        image: s.image,
-        name,
-        instance,
-        user,
-        ...(spec.proxyUrl ? { proxyUrl: spec.proxyUrl } : {}),
-      });
+      const run = dialect.run(spec, { image: s.image, name, instance, user });
       const child = spawn(bin, run.args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...cliEnv, ...run.env } });
       return new ContainerProcess(child, name, dialect, cli);
     },

@@ -53,7 +53,7 @@ export function parseSize(size: string): number {
 }
 
 /** The bridge's port on the sandbox's own loopback. */
-export const EGRESS_BRIDGE_PORT = 3128;
+const EGRESS_BRIDGE_PORT = 3128;
 
 /** Where every runtime puts Claude Code and the entry script inside the sandbox. */
 export const GUEST_COMMAND = '/opt/nanoclaw/bin/claude';
@@ -103,8 +103,6 @@ export interface RunOptions {
   name: string;
   instance: string;
   user: { uid: number; gid: number };
-  /** The host proxy's TCP URL, for runtimes that cannot share its socket (Apple). */
-  proxyUrl?: string;
 }
 
 /** `args` follow the runtime's binary; `env` holds the values the CLI passes in by name. */
@@ -114,7 +112,7 @@ export interface RunCommand {
 }
 
 /** Names whose values must not appear in argv (`ps` on the host shows it). */
-export const SECRET_NAME = /KEY|TOKEN|SECRET|PASSWORD/i;
+const SECRET_NAME = /KEY|TOKEN|SECRET|PASSWORD/i;
 
 /** `-e` arguments for a container's environment: secrets by name only, their values in `env`. */
 export function envArgs(vars: Readonly<Record<string, string>>): RunCommand {
