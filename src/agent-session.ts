@@ -482,11 +482,12 @@ export function archiveTranscript(
   }
 }
 
-function resultError(msg: Extract<SDKMessage, { type: 'result' }>): string {
+/** The one line a failed result is told by; never empty (an empty error would count as success). */
+export function resultError(msg: Extract<SDKMessage, { type: 'result' }>): string {
   if (msg.subtype === 'success') return firstLine(msg.result || 'the model returned an error');
   return firstLine(msg.errors?.join('; ') || msg.subtype);
 }
 
 function firstLine(s: string): string {
-  return (s.split('\n')[0] ?? '').slice(0, 300);
+  return (s.split('\n').find((l) => l.trim() !== '') ?? 'an error without a message').trim().slice(0, 300);
 }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { addedChannels } from './channels/added.js';
-import { type Config, loadConfig } from './config.js';
+import { type Config, loadConfig, projectRoot } from './config.js';
 import { type Db, type Group, openDb, planGroup, SCHEMA_VERSION } from './db.js';
 import { globProblem } from './egress.js';
 import { createLogger } from './log.js';
@@ -354,12 +354,15 @@ export async function runCli(argv: string[], env: NodeJS.ProcessEnv, out: Out, e
     if (cmd === 'doctor') return await doctor(env, out);
     if (!['setup', 'service', 'logs', 'groups', 'tasks', 'memory', 'status'].includes(cmd))
       throw new UsageError(`unknown command "${cmd}": try nanoclaw --help`);
-    const config = loadConfig(env);
-    const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
     if (cmd === 'setup') {
+      // Not from loadConfig: setup is how a bad .env is repaired, so it cannot need a good one.
+      const home = path.resolve(env.NANOCLAW_HOME || projectRoot());
+      const service = { env, platform: process.platform, home, projectRoot: projectRoot() };
       const installService = () => serviceCommand(['install'], service, out, err);
       return await setupCommand(args, { env, installService }, out);
     }
+    const config = loadConfig(env);
+    const service = { env, platform: process.platform, home: config.home, projectRoot: config.projectRoot };
     if (cmd === 'service') return await serviceCommand(args, service, out, err);
     const db = openDb(path.join(config.storeDir, 'messages.db'));
     try {

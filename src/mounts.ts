@@ -53,7 +53,8 @@ export interface ProjectPaths extends HostPaths {
 /** Whether `child` is `parent` or lies inside it. */
 export function within(parent: string, child: string): boolean {
   const rel = path.relative(parent, child);
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+  // `..foo` is a child's name, not a way up: only `..` itself or `../…` leaves the parent.
+  return rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
 }
 
 export function groupPaths(paths: HostPaths, folder: string) {

@@ -391,6 +391,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     else if (overRate) {
       const key = `${m.chatJid} ${m.sender}`;
       if (now() - (toldRate.get(key) ?? 0) >= 60_000) {
+        // Entries older than a minute decide nothing: dropped, so the map cannot grow without end.
+        for (const [k, at] of toldRate) if (now() - at >= 60_000) toldRate.delete(k);
         toldRate.set(key, now());
         notice(
           m.chatJid,

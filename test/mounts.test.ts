@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { GUEST, groupMounts } from '../src/mounts.js';
+import { GUEST, groupMounts, within } from '../src/mounts.js';
 import { createBwrapSandbox } from '../src/sandbox/bwrap.js';
 import { which } from '../src/sandbox/detect.js';
 
@@ -15,6 +15,15 @@ const paths = (root: string) => ({
   storeDir: path.join(root, 'store'),
   dataDir: path.join(root, 'data'),
   groupsDir: path.join(root, 'groups'),
+});
+
+test('regression: a child named `..foo` is inside its parent, `..` and `../x` are not', () => {
+  assert.equal(within('/p', '/p/..foo'), true);
+  assert.equal(within('/p', '/p/a/b'), true);
+  assert.equal(within('/p', '/p'), true);
+  assert.equal(within('/p', '/'), false);
+  assert.equal(within('/p', '/p/../x'), false);
+  assert.equal(within('/p', '/pq'), false);
 });
 
 test('a non-main group sees its folder, the global memory read-only, its home and its socket, nothing else', () => {

@@ -85,6 +85,20 @@ test('a bad answer is refused with one line and nothing is written', async () =>
   }
 });
 
+test('regression: setup repairs a bad value in .env instead of failing on it', async () => {
+  const home = tempHome();
+  try {
+    writeFileSync(path.join(home, '.env'), 'SANDBOX=bogus\nTIMEZONE=UTC\n');
+    assert.equal((await nanoclaw(home, 'status')).code, 1, 'the bad value stops other commands');
+    const run = await nanoclaw(home, 'setup', '--non-interactive', '--sandbox', 'bwrap');
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(readFileSync(path.join(home, '.env'), 'utf8'), /^SANDBOX="bwrap"$/m);
+    assert.equal((await nanoclaw(home, 'status')).code, 0);
+  } finally {
+    removeHome(home);
+  }
+});
+
 test('interactive setup asks for what is missing, builds a missing image, and installs the service when asked', async () => {
   const home = tempHome();
   const bin = mkdtempSync(path.join(os.tmpdir(), 'nanoclaw-bin-'));

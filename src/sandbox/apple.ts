@@ -6,6 +6,7 @@
 // --security-opt no-new-privileges, --hostname, --memory-swap, --pids-limit (an nproc rlimit
 // instead), `wait`, a label filter on `list`, and --network none (the proxy is reached over TCP).
 import path from 'node:path';
+import { within } from '../mounts.js';
 import {
   envArgs,
   guestArgv,
@@ -24,10 +25,6 @@ function checkPath(p: string): string {
   if (/[,:=\n\0]/.test(p))
     throw new SandboxError(`mount path ${JSON.stringify(p)} contains , : = or a control character`);
   return p;
-}
-
-function within(parent: string, child: string): boolean {
-  return child === parent || child.startsWith(parent.endsWith('/') ? parent : `${parent}/`);
 }
 
 function run(spec: SandboxSpec, o: RunOptions): RunCommand {
