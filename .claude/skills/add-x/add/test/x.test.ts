@@ -165,9 +165,13 @@ describe('X', () => {
     );
     const posts = w.x.requests.filter((r) => r.method === 'POST').map((r) => r.status);
     assert.deepEqual(posts, [201, 503, ...expected.slice(1).map(() => 201)]);
-    const row = w.app?.orch.db.raw
-      .prepare('SELECT status, platform_id FROM outbox WHERE chat_jid = ?')
-      .get(CHAT);
+    // The row is marked sent just after X answered the last post: wait for that, not for the post.
+    const row = await eventually(() => {
+      const r = w.app?.orch.db.raw
+        .prepare('SELECT status, platform_id FROM outbox WHERE chat_jid = ?')
+        .get(CHAT) as { status: string; platform_id: string | null } | undefined;
+      return r?.status !== 'pending' && r;
+    });
     assert.deepEqual(row, { status: 'sent', platform_id: parts.at(-1)?.id });
     s.assertDone();
   });
