@@ -449,11 +449,22 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
       }),
     );
   }
-  for (const add of addedChannels) {
-    const channel = await add({ config, db, log, now, ingest, registerMain });
-    if (channel) channels.push(channel);
+  let tried = 0;
+  try {
+    for (const add of addedChannels) {
+      const channel = await add({ config, db, log, now, ingest, registerMain });
+      if (channel) channels.push(channel);
+    }
+    for (const c of channels) {
+      tried++;
+      await c.start();
+    }
+  } catch (err) {
+    // A refused start leaves nothing behind (server, watcher, store): the caller may go on living.
+    channels.splice(tried);
+    await shutdown(1000).catch((e: unknown) => log.warn(`after a failed start: ${(e as Error).message}`));
+    throw err;
   }
-  for (const c of channels) await c.start();
   log.info(`web chat on http://${config.webHost}:${web.port()}/`);
 
   // Recovery: deliver what a crash left in the outbox, answer what it left unanswered.
@@ -466,7 +477,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
   /** SIGTERM: stop intake, let live agents close (bounded), flush the outbox, close. */
   async function shutdown(graceMs: number): Promise<void> {
     intake = false;
-    await Promise.all(channels.map((c) => c.stop()));
+    // One channel failing to stop or close must not keep the others, or the store, open.
+    await Promise.allSettled(channels.map((c) => c.stop()));
     const bounded = <T>(p: Promise<T>, ms = graceMs) =>
       Promise.race([p, new Promise<void>((r) => setTimeout(r, ms).unref())]);
     scheduler.stop();
@@ -478,7 +490,8 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     outbox.stop();
     await bounded(sandbox.close?.() ?? Promise.resolve());
     await bounded(Promise.all([...commits]));
-    for (const c of channels) await c.close();
+    for (const c of channels)
+      await c.close().catch((e: unknown) => log.warn(`${c.name}: ${(e as Error).message}`));
     db.close();
   }
   let stopping: Promise<void> | undefined;

@@ -2,8 +2,12 @@
 // real bwrap sandbox, the scripted fake model. Each suite gets its own app and its own fake script
 // (`script.baseUrl`), so one suite's agent never takes another suite's scripted replies.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import { type Channel, ChannelError } from '../src/channels/channel.js';
 import { ConfigError, loadConfig, projectRoot } from '../src/config.js';
+import { createLogger } from '../src/log.js';
+import { startOrchestrator } from '../src/orchestrator.js';
 import {
   eventually,
   openEvents,
@@ -14,6 +18,7 @@ import {
   startApp,
   type TestApp,
   tempHome,
+  testEnv,
 } from './support/app.js';
 import {
   type FakeAnthropic,
@@ -599,5 +604,45 @@ test('regression: stopping twice (a second signal) waits for the first stop inst
     await app.orch.stop(2000);
   } finally {
     removeHome(app.home);
+  }
+});
+
+/** Listens on `port` and closes again: resolves only if nothing else holds it. */
+function listenOnce(port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer().once('error', reject);
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve()));
+  });
+}
+
+test('regression: a channel that fails to start leaves nothing running, and the error goes up', async () => {
+  const home = tempHome();
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((r) => probe.once('listening', r));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  const broken: Channel = {
+    name: 'broken',
+    owns: () => false,
+    start: async () => {
+      throw new ChannelError('broken: the platform refused the token');
+    },
+    stop: async () => {},
+    close: async () => {},
+    send: async () => ({}),
+    setWorking: () => {},
+  };
+  try {
+    const config = loadConfig(testEnv(home, fake.baseUrl, { WEB_PORT: String(port) }), {
+      root: projectRoot(),
+    });
+    await assert.rejects(
+      startOrchestrator(config, { log: createLogger('error', () => {}), channels: () => [broken] }),
+      /the platform refused the token/,
+    );
+    // The web chat started before the broken channel: its port is free again.
+    await listenOnce(port);
+  } finally {
+    removeHome(home);
   }
 });
