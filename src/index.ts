@@ -38,8 +38,7 @@ export async function main(): Promise<void> {
       },
     );
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => stop(signal));
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${String(err)}`));
   log.info('NanoClaw is running');
 }

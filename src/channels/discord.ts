@@ -241,10 +241,9 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
     let first: string | undefined;
     const parts = chunks.length > 0 ? chunks : [''];
     for (const [i, content] of parts.entries()) {
-      const last = i === parts.length - 1;
       const common = {
         ...(content ? { content } : {}),
-        ...(last && files.length ? { files } : {}),
+        ...(i === parts.length - 1 && files.length ? { files } : {}),
         // Agent text never pings @everyone, roles or users.
         allowedMentions: { parse: [], repliedUser: false },
       };
