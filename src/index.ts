@@ -17,15 +17,12 @@ export async function main(): Promise<void> {
     log = createLogger(config.logLevel, sink);
     orchestrator = await startOrchestrator(config, { log, env: process.env });
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof SandboxError || err instanceof ChannelError) {
-      process.stderr.write(`nanoclaw: ${err.message}\n`);
-    } else if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
-      process.stderr.write(
-        `nanoclaw: ${(err as Error).message}: is another NanoClaw running? Set WEB_PORT.\n`,
-      );
-    } else {
-      process.stderr.write(`nanoclaw: failed to start: ${(err as Error).stack ?? String(err)}\n`);
-    }
+    const e = err as NodeJS.ErrnoException;
+    const known = err instanceof ConfigError || err instanceof SandboxError || err instanceof ChannelError;
+    if (known) process.stderr.write(`nanoclaw: ${e.message}\n`);
+    else if (e.code === 'EADDRINUSE')
+      process.stderr.write(`nanoclaw: ${e.message}: is another NanoClaw running? Set WEB_PORT.\n`);
+    else process.stderr.write(`nanoclaw: failed to start: ${e.stack ?? String(err)}\n`);
     process.exit(1);
   }
   let stopping = false;
@@ -41,8 +38,7 @@ export async function main(): Promise<void> {
       },
     );
   };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+  for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => stop(signal));
   process.on('unhandledRejection', (err) => log.error(`unhandled rejection: ${String(err)}`));
   log.info('NanoClaw is running');
 }

@@ -3,12 +3,7 @@
 export type Level = 'debug' | 'info' | 'warn' | 'error';
 const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
-export interface Logger {
-  debug(msg: string): void;
-  info(msg: string): void;
-  warn(msg: string): void;
-  error(msg: string): void;
-}
+export type Logger = Record<Level, (msg: string) => void>;
 
 export function createLogger(level: Level, write: (line: string) => void, now = () => new Date()): Logger {
   const at = (l: Level) => (msg: string) => {

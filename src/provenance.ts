@@ -92,6 +92,7 @@ function git(r: Repo, args: string[], date?: number): Promise<string> {
 }
 
 const exists = (p: string) => lstat(p).then(Boolean, () => false);
+const hasRepo = (r: Repo) => exists(path.join(r.gitDir, 'HEAD'));
 
 /** What git must not add: files over the limit, and folders that are repositories of their own
  * (git refuses one without a commit, which would stop every later commit). Links are not followed. */
@@ -110,7 +111,7 @@ async function unrecordable(root: string, rel = ''): Promise<string[]> {
 /** Stages the whole folder, files an agent's .gitignore hides included; returns what it skipped. */
 async function stage(r: Repo): Promise<string[]> {
   if (!(await exists(r.workTree))) throw new ProvenanceError(`${r.workTree} does not exist`);
-  if (!(await exists(path.join(r.gitDir, 'HEAD')))) {
+  if (!(await hasRepo(r))) {
     await mkdir(path.dirname(r.gitDir), { recursive: true });
     await git(r, ['init', '--quiet', '--bare', '--initial-branch=main']);
   }
@@ -138,21 +139,18 @@ export async function log(paths: HostPaths, folder: string, limit = 20): Promise
   if (!Number.isInteger(limit) || limit < 1) throw new TypeError(`limit must be an integer ≥ 1: ${limit}`);
   // --all, not HEAD: a repository without commits yet then lists nothing instead of failing.
   const args = ['log', '--all', `--max-count=${limit}`, '--format=%x1e%H%x1f%at%x1f%s', '--name-only', '-z'];
-  const out = await locked(paths, folder, async (r) =>
-    (await exists(path.join(r.gitDir, 'HEAD'))) ? git(r, args) : '',
-  );
-  const commits: Commit[] = [];
-  for (const chunk of out.split('\x1e').slice(1)) {
+  const out = await locked(paths, folder, async (r) => ((await hasRepo(r)) ? git(r, args) : ''));
+  const chunks = out.split('\x1e').slice(1);
+  return chunks.map((chunk) => {
     const [header = '', ...files] = chunk.split('\0');
     const [id = '', at = '0', message = ''] = header.split('\x1f');
-    commits.push({ id, at: Number(at) * 1000, message, files: files.map((f) => f.trim()).filter(Boolean) });
-  }
-  return commits;
+    return { id, at: Number(at) * 1000, message, files: files.map((f) => f.trim()).filter(Boolean) };
+  });
 }
 
 /** The full id of commit `rev` (--revs-only prints nothing, and exits 0, for a bad one). */
 async function commitOf(r: Repo, rev: string): Promise<string> {
-  const ok = !rev.startsWith('-') && (await exists(path.join(r.gitDir, 'HEAD')));
+  const ok = !rev.startsWith('-') && (await hasRepo(r));
   const sha = ok ? (await git(r, ['rev-parse', '--revs-only', `${rev}^{commit}`])).trim() : '';
   if (!sha) throw new ProvenanceError(`no commit ${rev} in the history of ${r.folder}`);
   return sha;

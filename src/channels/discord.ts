@@ -4,7 +4,7 @@
 // DISCORD_WAKE_ON_BOTS; in a main chat only DISCORD_OWNER_ID wakes it. Sends carry a nonce with
 // enforce_nonce, so a retried send never posts twice. After every (re-)identify the channel
 // fetches what each registered chat received since its last stored message.
-import { closeSync, lstatSync, mkdirSync, openSync, realpathSync, writeSync } from 'node:fs';
+import { lstatSync, mkdirSync, realpathSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   ChannelType,
@@ -49,7 +49,7 @@ const PREFIX = 'discord:';
 const MAX_CATCH_UP = 100;
 
 /** A file name safe on any filesystem: no path, no dots first, no control characters. */
-export function sanitizeFileName(name: string): string {
+function sanitizeFileName(name: string): string {
   const base = name.split(/[\\/]/).pop() ?? '';
   const clean = base
     .normalize('NFKC')
@@ -92,7 +92,7 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
     const dir = path.join(deps.groupsDir, folder, 'attachments');
     mkdirSync(dir, { recursive: true });
     // Never write through a symlink an agent planted: the directory itself must be a real one
-    // inside the group folder, and files are created exclusively (O_EXCL fails on any existing path).
+    // inside the group folder, and files are created exclusively ('wx': O_EXCL fails on any existing path).
     const real = realpathSync(dir);
     if (
       lstatSync(dir).isSymbolicLink() ||
@@ -111,12 +111,7 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
       if (!res.ok || !res.body) throw new ChannelError(`attachment ${a.name}: HTTP ${res.status}`);
       const bytes = Buffer.from(await res.arrayBuffer());
       if (bytes.length > deps.attachmentMaxBytes) continue;
-      const fd = openSync(path.join(real, name), 'wx');
-      try {
-        writeSync(fd, bytes);
-      } finally {
-        closeSync(fd);
-      }
+      writeFileSync(path.join(real, name), bytes, { flag: 'wx' });
       out.push(`${GUEST.group}/attachments/${name}`);
     }
     return out;
@@ -149,8 +144,8 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
       return;
     }
     const mentionsMe = me !== undefined && message.mentions.users.has(me);
-    let mayWake = !fromMe && (!message.author.bot || deps.wakeOnBots);
-    if (group.isMain && (deps.ownerId === undefined || message.author.id !== deps.ownerId)) mayWake = false;
+    const ownerOrNotMain = !group.isMain || message.author.id === deps.ownerId;
+    const mayWake = !fromMe && (!message.author.bot || deps.wakeOnBots) && ownerOrNotMain;
     const attachments = await download(message, group.folder).catch((err: unknown) => {
       log.warn(`discord ${chatJid}: attachments of ${message.id} not stored: ${(err as Error).message}`);
       return [];
@@ -246,10 +241,9 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
     let first: string | undefined;
     const parts = chunks.length > 0 ? chunks : [''];
     for (const [i, content] of parts.entries()) {
-      const last = i === parts.length - 1;
       const common = {
         ...(content ? { content } : {}),
-        ...(last && files.length ? { files } : {}),
+        ...(i === parts.length - 1 && files.length ? { files } : {}),
         // Agent text never pings @everyone, roles or users.
         allowedMentions: { parse: [], repliedUser: false },
       };
@@ -353,8 +347,7 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
 /** Discord's 4xx (but 429, which discord.js retries itself) will fail again: no retry. */
 function classify(err: unknown, what: string): ChannelError {
   if (err instanceof ChannelError) return err;
-  const e = err as Error;
   const permanent =
     err instanceof DiscordAPIError && err.status >= 400 && err.status < 500 && err.status !== 429;
-  return new ChannelError(`${what}: ${e.message}`, undefined, permanent, { cause: err });
+  return new ChannelError(`${what}: ${(err as Error).message}`, undefined, permanent, { cause: err });
 }

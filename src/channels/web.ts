@@ -20,6 +20,7 @@ import type { Channel, InboundMessage, IngestResult, OutboundMessage } from './c
 export const WEB_CHAT = 'web:main';
 const MAX_BODY = 256 * 1024;
 const KEEPALIVE_MS = 25_000;
+const REPLAY_BATCH = 1000;
 
 const postSchema = z.object({
   text: z.string().refine((t) => t.trim() !== '', 'text must not be empty'),
@@ -145,23 +146,15 @@ export function createWebChannel(deps: WebDeps): WebChannel {
     res.end(JSON.stringify({ id }));
   }
 
-  function readBody(req: http.IncomingMessage): Promise<string | undefined> {
-    return new Promise((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      let over = false;
-      req.on('data', (c: Buffer) => {
-        size += c.length;
-        if (size > MAX_BODY) over = true;
-        else chunks.push(c);
-      });
-      req.on('end', () => resolve(over ? undefined : Buffer.concat(chunks).toString('utf8')));
-      req.on('error', reject);
-    });
-  }
-
-  function lastMessageId(): number {
-    return deps.db.latestOutboxId(WEB_CHAT);
+  /** The body as text, or undefined when it is over MAX_BODY (read to the end all the same). */
+  async function readBody(req: http.IncomingMessage): Promise<string | undefined> {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of req as AsyncIterable<Buffer>) {
+      size += c.length;
+      if (size <= MAX_BODY) chunks.push(c);
+    }
+    return size > MAX_BODY ? undefined : Buffer.concat(chunks).toString('utf8');
   }
 
   function write(res: http.ServerResponse, event: string, id: number, data: unknown): void {
@@ -176,18 +169,18 @@ export function createWebChannel(deps: WebDeps): WebChannel {
     });
     res.write(': connected\n\n');
     const last = req.headers['last-event-id'] ?? url.searchParams.get('lastEventId');
-    const after = Number(typeof last === 'string' && /^\d+$/.test(last) ? last : Number.NaN);
     clients.add(res);
     // Synchronous from here to the end: no broadcast can slip between the replay and the subscription.
-    for (let from = after, page = 1000; Number.isFinite(from); ) {
-      const rows = deps.db.outboxAfter(WEB_CHAT, from, page);
+    let from = typeof last === 'string' && /^\d+$/.test(last) ? Number(last) : Number.NaN;
+    while (Number.isFinite(from)) {
+      const rows = deps.db.outboxAfter(WEB_CHAT, from, REPLAY_BATCH);
       for (const row of rows) {
         if (row.status === 'sent')
           write(res, 'message', row.id, messageData(row.id, row.text, row.sender, row.createdAt));
       }
-      from = rows.length === page ? (rows[rows.length - 1]?.id ?? Number.NaN) : Number.NaN;
+      from = rows.length === REPLAY_BATCH ? (rows.at(-1)?.id ?? Number.NaN) : Number.NaN;
     }
-    write(res, 'status', lastMessageId(), { working });
+    write(res, 'status', deps.db.latestOutboxId(WEB_CHAT), { working });
     const ping = setInterval(() => res.write(': ping\n\n'), KEEPALIVE_MS);
     ping.unref();
     req.on('close', () => {
@@ -197,12 +190,11 @@ export function createWebChannel(deps: WebDeps): WebChannel {
   }
 
   function messageData(id: number, text: string, sender: string | null | undefined, at: number) {
-    return { id: String(id), text, ...(sender ? { sender } : { sender: deps.assistantName }), at };
+    return { id: String(id), text, sender: sender || deps.assistantName, at };
   }
 
   function port(): number {
-    const addr = server.address() as AddressInfo | null;
-    return addr?.port ?? deps.port;
+    return (server.address() as AddressInfo | null)?.port ?? deps.port;
   }
 
   return {
@@ -226,7 +218,7 @@ export function createWebChannel(deps: WebDeps): WebChannel {
     },
     setWorking(_chatJid, w) {
       working = w;
-      const id = lastMessageId();
+      const id = deps.db.latestOutboxId(WEB_CHAT);
       for (const res of clients) write(res, 'status', id, { working });
     },
     async close() {
