@@ -306,20 +306,19 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
     connected: () => client.isReady() && client.ws.shards.every((s) => s.status === Status.Ready),
     owns: (chatJid) => chatJid.startsWith(PREFIX),
     async start() {
-      const ready = new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(
-          () => reject(new ChannelError('Discord did not become ready in time')),
+      let timer: NodeJS.Timeout | undefined;
+      // Settles to the timeout's error (or nothing), so it is never a rejection nobody awaits.
+      const ready = new Promise<ChannelError | undefined>((resolve) => {
+        timer = setTimeout(
+          () => resolve(new ChannelError('Discord did not become ready in time')),
           deps.readyTimeoutMs ?? 30_000,
         );
-        timer.unref();
-        client.once(Events.ClientReady, () => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
+        client.once(Events.ClientReady, () => resolve(undefined));
+      }).finally(() => clearTimeout(timer));
       try {
         await client.login(deps.token);
       } catch (err) {
+        clearTimeout(timer);
         await client.destroy();
         throw new ChannelError(
           `Discord rejected DISCORD_BOT_TOKEN (${(err as Error).message}): copy the bot token from the Developer Portal into .env`,
@@ -328,7 +327,11 @@ export function createDiscordChannel(deps: DiscordDeps): Channel {
           { cause: err },
         );
       }
-      await ready;
+      const late = await ready;
+      if (late) {
+        await client.destroy();
+        throw late;
+      }
       log.info(`discord: connected as ${client.user?.tag}`);
     },
     async stop() {
