@@ -2,7 +2,7 @@
 // The `nanoclaw` command. Every command but `start` works on the store directly (creating and
 // migrating it), so it needs no running orchestrator; a running one reads groups from the store
 // on every message, so changes take effect without a restart.
-import { mkdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { mkdirSync, realpathSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,8 +16,8 @@ import {
   checkExtraMount,
   defaultAllowlistPath,
   type MountAllowlist,
-  parseAllowlist,
   parseMountSpec,
+  readAllowlist,
 } from './mounts.js';
 import { diff, log, restore } from './provenance.js';
 import { sandboxFor } from './sandbox/detect.js';
@@ -174,7 +174,7 @@ function setMounts(db: Db, g: Group, specs: string[], clear: boolean, config: Co
   let list: MountAllowlist | undefined;
   if (specs.length > 0) {
     try {
-      list = parseAllowlist(JSON.parse(readFileSync(allowlistPath, 'utf8')), home);
+      list = readAllowlist(allowlistPath);
     } catch (err) {
       throw new UsageError(`mount allowlist ${allowlistPath}: ${(err as Error).message.split('\n')[0]}`);
     }

@@ -207,6 +207,8 @@ const toRun = (r: Row): RunRow => ({
 export type Db = ReturnType<typeof openDb>;
 
 /** A chat id: `<channel>:<id>`. */
+/** The platform id of a scheduled task's prompt stored as a chat message: `task-run-<run id>`. */
+export const TASK_PROMPT_ID = 'task-run-';
 const CHAT_ID = /^[a-z][a-z0-9-]{0,15}:[A-Za-z0-9_.@-]{1,128}$/;
 
 /** What registering a chat would store (the CLI's `groups add`, main's `register_group`), or one
@@ -325,10 +327,10 @@ export function openDb(file: string) {
     },
     /** The platform id of the newest stored message posted in the chat itself (not a thread). */
     lastPlatformId(chatJid: string): string | undefined {
-      // A scheduled task's prompt (`task-run-<n>`) is stored in its chat but never came from the platform.
+      // A scheduled task's prompt is stored in its chat but never came from the platform.
       const r = one(
         `SELECT platform_id FROM messages WHERE chat_jid = ? AND thread_id IS NULL
-         AND platform_id NOT LIKE 'task-run-%' ORDER BY id DESC LIMIT 1`,
+         AND platform_id NOT LIKE '${TASK_PROMPT_ID}%' ORDER BY id DESC LIMIT 1`,
         [chatJid],
       );
       return r ? str(r.platform_id) : undefined;

@@ -2,6 +2,7 @@
 // folder read-write (its cwd), the global memory read-only, its own Claude home read-write and
 // its run's socket directory. Main also sees the project read-only, with `.env`, `store/` and
 // `data/` shadowed, and the global memory read-write. Nothing else of the host is mounted.
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Mount } from './sandbox/index.js';
@@ -221,4 +222,9 @@ export function checkExtraMount(
 /** ~/.config/nanoclaw/mount-allowlist.json: outside the project, out of every sandbox's reach. */
 export function defaultAllowlistPath(): string {
   return path.join(os.homedir(), '.config', 'nanoclaw', 'mount-allowlist.json');
+}
+
+/** Reads and checks the owner's allowlist file; throws on a missing, unreadable or malformed one. */
+export function readAllowlist(file = defaultAllowlistPath()): MountAllowlist {
+  return parseAllowlist(JSON.parse(readFileSync(file, 'utf8')), os.homedir());
 }

@@ -9,13 +9,11 @@ import {
   existsSync,
   lstatSync,
   mkdirSync,
-  readFileSync,
   realpathSync,
   rmSync,
   watch,
 } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { startAgentSession } from './agent-session.js';
 import type { ToolContext } from './agent-tools.js';
@@ -34,7 +32,7 @@ import {
   folderProblem,
   groupPaths,
   type MountAllowlist,
-  parseAllowlist,
+  readAllowlist,
 } from './mounts.js';
 import { createOutbox } from './outbox.js';
 import { commitFolder } from './provenance.js';
@@ -173,7 +171,7 @@ export async function startOrchestrator(config: Config, deps: OrchestratorDeps) 
     if (group.mounts.length === 0) return [];
     let list: MountAllowlist | undefined;
     try {
-      list = parseAllowlist(JSON.parse(readFileSync(allowlistPath, 'utf8')), os.homedir());
+      list = readAllowlist(allowlistPath);
     } catch (err) {
       log.warn(`group ${group.folder}: mount allowlist ${allowlistPath}: ${(err as Error).message}`);
     }

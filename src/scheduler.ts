@@ -6,7 +6,7 @@
 // and runs missed while NanoClaw was down run once, not once per missed slot.
 import { randomBytes } from 'node:crypto';
 import { Cron } from 'croner';
-import type { Db } from './db.js';
+import { type Db, TASK_PROMPT_ID } from './db.js';
 
 export type Schedule =
   | { type: 'cron'; value: string }
@@ -252,7 +252,7 @@ export function taskStore(db: Db) {
       }
       const { id } = db.insertMessage({
         chatJid: task.chatJid,
-        platformId: `task-run-${runId}`,
+        platformId: `${TASK_PROMPT_ID}${runId}`,
         sender: 'scheduler',
         senderName: `Scheduled task ${task.id}`,
         text: task.prompt,

@@ -70,14 +70,13 @@ export async function statusCommand(
   const runs = db.recentRuns(10_000).filter((r) => r.startedAt >= since);
   const today = { since, runs: runs.length, costUsd: 0, inputTokens: 0, outputTokens: 0 };
   for (const r of runs) for (const k of ['costUsd', 'inputTokens', 'outputTokens'] as const) today[k] += r[k];
+  // Live: every started channel, up or down; from the store: only what the configuration says.
+  const channels: Record<string, string> = up ? { ...live.channels } : { web: 'down' };
+  channels.discord ??= config.discordBotToken ? 'configured' : 'off';
   const report = {
     orchestrator: up ? 'running' : live.refused ? 'not running' : 'not answering',
     ...(up ? {} : { why: live.why }),
-    // Live: every started channel, up or down; from the store: only what the configuration says.
-    channels: {
-      ...(up ? live.channels : { web: 'down' }),
-      ...(up && config.discordBotToken ? {} : { discord: config.discordBotToken ? 'configured' : 'off' }),
-    },
+    channels,
     groups: up
       ? live.groups
       : db.groups().map((g) => ({ chat: g.jid, name: g.name, folder: g.folder, main: g.isMain })),
@@ -93,8 +92,11 @@ export async function statusCommand(
   const { agents, groups } = report;
   const from = up ? '' : ` (figures from the store)${live.refused ? '' : `: ${live.why}`}`;
   out(`orchestrator: ${report.orchestrator}${from}`);
-  const channels = Object.entries(report.channels).map(([name, state]) => `${name} ${state}`);
-  out(`channels: ${channels.join(', ')}`);
+  out(
+    `channels: ${Object.entries(channels)
+      .map(([name, state]) => `${name} ${state}`)
+      .join(', ')}`,
+  );
   out(`groups: ${groups.length} (${groups.map((g) => `${g.chat}${g.main ? ' main' : ''}`).join(', ')})`);
   const working = agents?.live.filter((a) => !a.idle).length;
   out(agents ? `agents: ${agents.live.length} running (${working} working)` : 'agents: none running');

@@ -14,7 +14,6 @@ import http from 'node:http';
 import { ApiResponseError, TwitterApi, TwitterApiv2 } from 'twitter-api-v2';
 import { z } from 'zod';
 import { ConfigError } from '../config.js';
-import type { Db } from '../db.js';
 import { splitMessage } from '../router.js';
 import { type Channel, type ChannelContext, ChannelError, type ChannelFactory } from './channel.js';
 
@@ -146,7 +145,7 @@ export function createXChannel(settings: XSettings, ctx: ChannelContext): Channe
     const group = db.group(CHAT);
     if (!group) return; // not registered: reads are scarce, and nothing would be stored
     me ??= await whoAmI();
-    since ??= newestStoredTweet(db);
+    since ??= db.lastPlatformId(CHAT); // the newest mention stored (a task's prompt is skipped)
     const page = await v2.userMentionTimeline(me.id, {
       ...(since
         ? { since_id: since }
@@ -266,24 +265,6 @@ export function createXChannel(settings: XSettings, ctx: ChannelContext): Channe
       return done.length > 0 ? { platformId: done.at(-1) } : {};
     },
   };
-}
-
-/**
- * The newest tweet id stored in the chat. Other rows (a scheduled task's prompt) have other ids,
- * so the newest row is only a shortcut; otherwise the chat is scanned once.
- */
-function newestStoredTweet(db: Db): string | undefined {
-  const last = db.lastPlatformId(CHAT);
-  if (last === undefined || TWEET_ID.test(last)) return last;
-  let newest: string | undefined;
-  for (let page = db.messagesAfter(CHAT, 0, 1000); page.length > 0; ) {
-    for (const m of page) {
-      if (TWEET_ID.test(m.platformId) && (newest === undefined || BigInt(m.platformId) > BigInt(newest)))
-        newest = m.platformId;
-    }
-    page = db.messagesAfter(CHAT, page.at(-1)?.id ?? 0, 1000);
-  }
-  return newest;
 }
 
 /** Until X's limit resets, after a 429: the used-up limit's reset (posting has 24-hour ones too). */
